@@ -1,0 +1,247 @@
+"""Read a generated dataset: the manifest indexes scenes; each log directory holds frames, map, restart states
+and sensor blobs. Reading streams per scene (a small LRU of parsed logs), so a 100k-scene dataset costs the same
+per scene as a tiny one. Every sensor blob is checked against its log's SHA256SUMS before it is decoded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from latentvla.map_api import MapAPI
+from latentvla.runtime.io import load_npz, parse_sha256sums, read_json, sha256_bytes, sha256_file
+from latentvla.schema import (
+    Annotations, AgentInput, Camera, EgoStatus, Frame, Lidar, Scene, SceneMetadata, TrafficLightStatus,
+    command_one_hot, global_to_local,
+)
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """A dataset file is missing, corrupt or inconsistent; the message names the scene and the file."""
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        val = make()
+        self[key] = val
+        if len(self) > self.size:
+            self.popitem(last=False)
+        return val
+
+
+class SceneStore:
+    """``SceneStore(DIR)``: ``tokens(split)``, ``load_scene(token)``, ``load_agent_input(token)``, ``verify()``."""
+
+    def __init__(self, root: str | Path, verify_blobs: bool = True, cache_logs: int = 32):
+        self.root = Path(root)
+        manifest_path = self.root / "manifest.json"
+        if not manifest_path.is_file():
+            raise DataError(f"{manifest_path} not found: generate a world with `latentvla world generate --out "
+                            f"{self.root}` (or finish one with --resume)")
+        try:
+            self.manifest = read_json(manifest_path)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        self.verify_blobs = verify_blobs
+        self._index = {s["token"]: s for s in self.manifest["scenes"]}
+        self._logs = _LRU(cache_logs)
+        self._maps = _LRU(8)
+
+    # --- index ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def tokens(self, split: str | None = None) -> list[str]:
+        if split in (None, "all"):
+            return [s["token"] for s in self.manifest["scenes"]]
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"unknown split '{split}'; valid splits: {list(SPLIT_NAMES) + ['all']}")
+        return [s["token"] for s in self.manifest["scenes"] if s["split"] == split]
+
+    def info(self, token: str) -> dict:
+        """Manifest entry of a scene: token, family, command, log, split."""
+        try:
+            return self._index[token]
+        except KeyError:
+            raise KeyError(f"scene token '{token}' is not in {self.root / 'manifest.json'}") from None
+
+    # --- per-log files ----------------------------------------------------------------------------------
+    def _log(self, name: str) -> dict:
+        def load() -> dict:
+            d = self.root / "logs" / name
+            try:
+                meta = read_json(d / "log.json")
+            except (FileNotFoundError, ValueError) as e:
+                raise DataError(f"log {name}: {e}") from None
+            sums_path = d / "SHA256SUMS"
+            if not sums_path.is_file():
+                raise DataError(f"log {name}: {sums_path} is missing; run `latentvla data verify {self.root}`")
+            meta["_sums"] = parse_sha256sums(sums_path)
+            meta["_frame_of"] = {sc["token"]: sc["frame_index"] for sc in meta["scenes"]}
+            return meta
+
+        return self._logs.get_or(name, load)
+
+    def _blob(self, log: str, rel: str, token: str) -> bytes:
+        path = self.root / "logs" / log / rel
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"scene {token}: file {path} is missing") from None
+        if self.verify_blobs:
+            expected = self._log(log)["_sums"].get(rel)
+            if expected is None or sha256_bytes(data) != expected:
+                raise DataError(f"scene {token}: file {path} is corrupt (checksum mismatch); regenerate the log or "
+                                f"run `latentvla data verify {self.root}`")
+        return data
+
+    def load_map(self, log: str) -> MapAPI:
+        def load() -> MapAPI:
+            path = self.root / "logs" / log / "map.json"
+            try:
+                return MapAPI.from_dict(json.loads(self._blob(log, "map.json", f"(log {log})")))
+            except (KeyError, ValueError, TypeError) as e:
+                if isinstance(e, DataError):
+                    raise
+                raise DataError(f"log {log}: {path} is corrupt ({e})") from None
+
+        return self._maps.get_or(log, load)
+
+    def load_sim_state(self, token: str) -> dict:
+        """The simulator state at the scene's current frame (restart point for closed-loop evaluation)."""
+        info = self.info(token)
+        log = self._log(info["log"])
+        raw = self._blob(info["log"], "sim.json.gz", token)
+        return json.loads(gzip.decompress(raw))["frames"][log["_frame_of"][token]]
+
+    # --- decoding ---------------------------------------------------------------------------------------
+    def _camera(self, log: str, name: str, rel: str | None, token: str) -> Camera:
+        spec = self._log(log)["cameras"][name]
+        image = None
+        if rel is not None:
+            buf = np.frombuffer(self._blob(log, rel, token), dtype=np.uint8)
+            bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise DataError(f"scene {token}: image {self.root / 'logs' / log / rel} cannot be decoded")
+            image = np.ascontiguousarray(bgr[..., ::-1])
+        return Camera(name=name, intrinsics=np.asarray(spec["intrinsics"]),
+                      sensor2ego_rotation=np.asarray(spec["sensor2ego_rotation"]),
+                      sensor2ego_translation=np.asarray(spec["sensor2ego_translation"]), image=image,
+                      width=spec["width"], height=spec["height"])
+
+    def _lidar(self, log: str, rel: str, token: str) -> Lidar:
+        try:
+            pts = load_npz(self._blob(log, rel, token))["points"]
+        except DataError:
+            raise
+        except Exception as e:  # zip/npy format errors
+            raise DataError(f"scene {token}: LiDAR file {self.root / 'logs' / log / rel} is corrupt ({e})") from None
+        return Lidar(pts.astype(np.float32, copy=False))
+
+    def _frame(self, log: str, fr: dict, token: str, sensors: bool) -> Frame:
+        e = fr["ego"]
+        status = EgoStatus(np.asarray(e["pose"], dtype=np.float64), np.asarray(e["velocity"], dtype=np.float32),
+                           np.asarray(e["acceleration"], dtype=np.float32), command_one_hot(e["command"]), True)
+        n = len(fr["names"])
+        ann = Annotations(np.asarray(fr["boxes"], dtype=np.float64).reshape(n, 7), list(fr["names"]),
+                          np.asarray(fr["velocity_3d"], dtype=np.float64).reshape(n, 3), list(fr["track_tokens"]),
+                          np.asarray(fr["brake_lights"], dtype=bool))
+        cams, lidar = {}, None
+        if sensors:
+            for name, rel in fr["sensors"].items():
+                if name == "lidar":
+                    lidar = self._lidar(log, rel, token)
+                else:
+                    cams[name] = self._camera(log, name, rel, token)
+        return Frame(fr["token"], int(fr["timestamp"]), status, ann,
+                     [TrafficLightStatus(lid, st) for lid, st in fr["traffic_lights"]], list(fr["route"]), cams, lidar)
+
+    def load_scene(self, token: str, sensors: str = "none", with_sim_state: bool = True) -> Scene:
+        """Privileged scene (14 frames, map, restart state). ``sensors``: none | current | all."""
+        if sensors not in ("none", "current", "all"):
+            raise ValueError(f"sensors must be one of none/current/all, got '{sensors}'")
+        info = self.info(token)
+        log = self._log(info["log"])
+        cur = log["_frame_of"].get(token)
+        if cur is None:
+            raise DataError(f"scene {token} is listed in the manifest but not in logs/{info['log']}/log.json")
+        frames = []
+        for i in range(cur - 3, cur + 11):
+            want = sensors == "all" or (sensors == "current" and i == cur)
+            frames.append(self._frame(info["log"], log["frames"][i], token, want))
+        meta = SceneMetadata(log_name=info["log"], scene_token=token, map_name=log["map_name"],
+                             initial_token=log["frames"][cur - 3]["token"], family=info["family"], split=info["split"],
+                             command=info["command"])
+        sim_state = self.load_sim_state(token) if with_sim_state else None
+        return Scene(meta, frames, self.load_map(info["log"]), sim_state)
+
+    def load_agent_input(self, token: str, history_sensors: bool = False) -> AgentInput:
+        """What a planner sees: 4 ego statuses (current frame last) and the current frame's cameras + LiDAR."""
+        info = self.info(token)
+        log = self._log(info["log"])
+        cur = log["_frame_of"][token]
+        history = log["frames"][cur - 3: cur + 1]
+        origin = np.asarray(history[-1]["ego"]["pose"], dtype=np.float64)
+        statuses, cams, lidars = [], [], []
+        for k, fr in enumerate(history):
+            e = fr["ego"]
+            rel = global_to_local(np.asarray(e["pose"])[None], origin)[0].astype(np.float32)
+            statuses.append(EgoStatus(rel, np.asarray(e["velocity"], dtype=np.float32),
+                                      np.asarray(e["acceleration"], dtype=np.float32), command_one_hot(e["command"])))
+            load = history_sensors or k == len(history) - 1
+            cams.append({n: self._camera(info["log"], n, r if load else None, token)
+                         for n, r in fr["sensors"].items() if n != "lidar"})
+            lidars.append(self._lidar(info["log"], fr["sensors"]["lidar"], token) if load else None)
+        return AgentInput(statuses, cams, lidars, token)
+
+    # --- integrity --------------------------------------------------------------------------------------
+    def verify(self, progress=None) -> list[str]:
+        """Re-check every checksum; returns one line per missing or corrupt file (empty: all good)."""
+        return verify_dataset(self.root, progress)
+
+
+def verify_dataset(root: str | Path, progress=None) -> list[str]:
+    root = Path(root)
+    problems: list[str] = []
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        return [f"missing: {manifest_path}"]
+    try:
+        manifest = read_json(manifest_path)
+    except ValueError as e:
+        return [f"corrupt: {manifest_path} ({e})"]
+    for log, entry in sorted(manifest.get("logs", {}).items()):
+        sums_path = root / entry["sha256sums"]
+        if not sums_path.is_file():
+            problems.append(f"missing: {sums_path} (log {log})")
+            if progress:
+                progress(log)
+            continue
+        try:
+            sums = parse_sha256sums(sums_path)
+        except ValueError as e:
+            problems.append(f"corrupt: {e}")
+            continue
+        for rel, digest in sorted(sums.items()):
+            path = sums_path.parent / rel
+            if not path.is_file():
+                problems.append(f"missing: {path} (log {log})")
+            elif sha256_file(path) != digest:
+                problems.append(f"corrupt: {path} (log {log}, checksum mismatch)")
+        if progress:
+            progress(log)
+    return problems

@@ -1,0 +1,44 @@
+"""Shared, session-scoped fixtures: one tiny embedded world built once per test session (quick profile)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_SCENES = 70
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from latentvla.config import resolve
+    from latentvla.world.configuration import WorldConfig
+
+    return resolve(WorldConfig, "world", "quick", overrides=[f"scenes={TINY_SCENES}", "seed=7"])
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory, tiny_cfg):
+    """A generated dataset shared read-only by many tests (do not modify it; copy it first)."""
+    from latentvla.world.generate import generate
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    generate(root, tiny_cfg, workers=1, quiet=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_world):
+    from latentvla.data.store import SceneStore
+
+    return SceneStore(tiny_world)
+
+
+@pytest.fixture(scope="session")
+def runner():
+    from typer.testing import CliRunner
+
+    return CliRunner()
