@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentvla.schema import EGO, CAMERA_NAMES, Trajectory, global_to_local
+from latentvla.schema import CAMERA_NAMES, EGO, Trajectory, global_to_local
 from latentvla.world.geometry import box_corners, boxes_overlap
 from latentvla.world.sim import Simulator
 

@@ -16,8 +16,17 @@ import numpy as np
 from latentvla.map_api import MapAPI
 from latentvla.runtime.io import load_npz, parse_sha256sums, read_json, sha256_bytes, sha256_file
 from latentvla.schema import (
-    Annotations, AgentInput, Camera, EgoStatus, Frame, Lidar, Scene, SceneMetadata, TrafficLightStatus,
-    command_one_hot, global_to_local,
+    AgentInput,
+    Annotations,
+    Camera,
+    EgoStatus,
+    Frame,
+    Lidar,
+    Scene,
+    SceneMetadata,
+    TrafficLightStatus,
+    command_one_hot,
+    global_to_local,
 )
 
 SPLIT_NAMES = ("train", "val", "test")

@@ -1,0 +1,177 @@
+"""`latentvla` command line: one sub-command group per stage. Every verb reads the previous stage's artifacts and
+writes its own output; bad input ends with a one-line message that names the item and what to do (exit code 2).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="LatentVLA: latent-action VLA driving, end to end.")
+world_app = typer.Typer(no_args_is_help=True, help="The embedded procedural driving world.")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset integrity and inspection.")
+app.add_typer(world_app, name="world")
+app.add_typer(data_app, name="data")
+
+console = Console(stderr=True)
+ProfileOpt = typer.Option("demo", "--profile", help="quick | demo | full")
+
+
+def _friendly(fn):
+    """Turn expected errors (bad config, bad files, refused overwrite) into a clear message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from latentvla.config import ConfigError
+        from latentvla.data.store import DataError
+        from latentvla.world.generate import GenerationError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, GenerationError, ValueError, KeyError, FileNotFoundError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            console.print(f"[bold red]error:[/] {msg}")
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def _default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def world_config(profile: str, scenes: int | None, seed: int | None, config: Path | None,
+                 overrides: list[str] | None):
+    from latentvla.config import resolve
+    from latentvla.world.configuration import WorldConfig
+
+    extra = list(overrides or [])
+    if scenes is not None:
+        extra.append(f"scenes={scenes}")
+    if seed is not None:
+        extra.append(f"seed={seed}")
+    return resolve(WorldConfig, "world", profile, config, extra)
+
+
+@world_app.command("generate")
+@_friendly
+def world_generate(
+    out: Path = typer.Option(..., "--out", help="Output dataset directory."),
+    scenes: int | None = typer.Option(None, "--scenes", help="Number of scenes (default: the profile's)."),
+    seed: int | None = typer.Option(None, "--seed", help="World seed (default 0)."),
+    profile: str = ProfileOpt,
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU core)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted generation in --out."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with config overrides."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Dotted override, e.g. sensors.image_width=256."),
+) -> None:
+    """Generate scenes (cameras, LiDAR, boxes, map, expert future) into DIR with a manifest and checksums."""
+    from latentvla.world.generate import generate
+
+    cfg = world_config(profile, scenes, seed, config, set_)
+    manifest = generate(out, cfg, workers=workers or _default_workers(), overwrite=overwrite, resume=resume)
+    counts: dict[str, int] = {}
+    for s in manifest["scenes"]:
+        counts[s["split"]] = counts.get(s["split"], 0) + 1
+    console.print(f"[green]wrote[/] {len(manifest['scenes'])} scenes in {len(manifest['logs'])} logs to {out} "
+                  f"(splits: {counts}; config hash {manifest['config_hash']})")
+
+
+@world_app.command("show")
+@_friendly
+def world_show(
+    data: Path = typer.Argument(..., help="Dataset directory."),
+    scene: str = typer.Option(..., "--scene", help="Scene token."),
+    out: Path = typer.Option(..., "--out", help="Output PNG."),
+) -> None:
+    """BEV (map, agents, lights, history, future, route) beside the cameras, future projected into cam_f0."""
+    from latentvla.data.store import SceneStore
+    from latentvla.viz.show import show_scene
+
+    path = show_scene(SceneStore(data), scene, out)
+    console.print(f"[green]wrote[/] {path}")
+
+
+@world_app.command("stats")
+@_friendly
+def world_stats(
+    data: Path = typer.Argument(..., help="Dataset directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON on stdout."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write histograms to this PNG."),
+) -> None:
+    """Counts per family, command and split; speed and curvature histograms."""
+    from latentvla.data.store import SceneStore
+    from latentvla.world.stats import compute_stats, plot_stats
+
+    stats = compute_stats(SceneStore(data))
+    if plot is not None:
+        plot_stats(stats, plot)
+    if as_json:
+        sys.stdout.write(json.dumps(stats, sort_keys=True) + "\n")
+        return
+    _print_stats(stats)
+
+
+def _print_stats(stats: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{stats['scenes']} scenes")
+    splits = sorted(stats["splits"])
+    table.add_column("family")
+    for s in splits:
+        table.add_column(s, justify="right")
+    for fam in sorted(stats["families"]):
+        table.add_row(fam, *[str(stats["by_split"][s]["families"].get(fam, 0)) for s in splits])
+    Console().print(table)
+    Console().print(f"commands: {stats['commands']}")
+
+
+@data_app.command("verify")
+@_friendly
+def data_verify(data: Path = typer.Argument(..., help="Dataset directory.")) -> None:
+    """Re-check every file against its log's SHA256SUMS; exit 1 naming each corrupt or missing file."""
+    from latentvla.data.store import verify_dataset
+    from latentvla.runtime.io import read_json
+    from latentvla.runtime.parallel import progress_bar
+
+    n_logs = len(read_json(data / "manifest.json").get("logs", {})) if (data / "manifest.json").is_file() else 0
+    with progress_bar() as bar:
+        task = bar.add_task("verifying logs", total=n_logs, rate="")
+        problems = verify_dataset(data, progress=lambda _log: bar.advance(task))
+    for p in problems:
+        console.print(f"[red]{p}[/]")
+    if problems:
+        console.print(f"[bold red]{len(problems)} problem(s)[/] in {data}")
+        raise typer.Exit(code=1)
+    console.print(f"[green]ok[/]: every file of {n_logs} logs matches its checksum")
+
+
+@app.command("demo")
+@_friendly
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Demo run directory."),
+    profile: str = ProfileOpt,
+    scenes: int | None = typer.Option(None, "--scenes", help="Override the profile's world size."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU core)."),
+) -> None:
+    """Run the pipeline on the embedded world: generate it, then write stats and a gallery per family."""
+    from latentvla.demo import run_demo
+
+    run_demo(out, profile=profile, scenes=scenes, workers=workers or _default_workers(), console=console)
+
+
+def main() -> None:  # console script entry point
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()
