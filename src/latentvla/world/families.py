@@ -153,6 +153,14 @@ def _corridor_traffic(ctx: _Ctx, m: MapAPI, info: MapInfo, v_lim: float, ego_j: 
         for s in np.sort(r.uniform(20, 380, size=int(r.integers(1, 5)))):
             x, y, h = line.pose(float(s))
             ctx.agents.append(ctx.static_box("vehicle", x, y, h, (4.5, 1.9, 1.5), CAR_COLORS[int(r.integers(12))]))
+    if parked and r.random() < 0.4:  # cyclists riding along the right shoulder (no shoulder on ramps)
+        line = Polyline(info.shoulder_path)
+        for s0 in np.sort(r.uniform(0, 250, size=int(r.integers(1, 3)))):
+            pts = line.slice_points(float(s0), line.length)
+            v0 = float(r.uniform(3.5, 6.0))
+            ctx.agents.append(Agent(id=ctx.new_id("cyc"), kind="bicycle", length=1.8, width=0.7, height=1.7,
+                                    color=CLOTHES[int(r.integers(len(CLOTHES)))], points=pts.tolist(), v=v0, v0=v0,
+                                    T=1.0, s_min=1.5, a_max=1.0, b_comf=2.0))
     for side in info.sidewalk_paths:  # pedestrians strolling on the sidewalks
         for _ in range(int(r.integers(0, 3))):
             s0 = float(r.uniform(0, 300))

@@ -112,7 +112,8 @@ def _simulate(plan: LogPlan, cfg: WorldConfig, attempt: int) -> tuple[families.S
     rng = np.random.default_rng([cfg.seed, plan.index, attempt])
     duration = cfg.warmup_seconds + plan.frames * 0.5 + 1.0
     setup = families.build(plan.family, rng, f"map-{plan.name}", duration)
-    setup.state["info"]["unknown_command"] = plan.unknown_command
+    setup.state["info"].update(unknown_command=plan.unknown_command, seed=cfg.seed, log=plan.name,
+                               map_name=setup.map.name, attempt=attempt)
     sim = Simulator(setup.map, setup.state)
     for _ in range(int(round(cfg.warmup_seconds / DT))):
         sim.step()
