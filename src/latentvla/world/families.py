@@ -354,7 +354,8 @@ def _junction(ctx: _Ctx, name: str, four_way: bool | None = None, need: tuple[in
     arms = (0, 1, 2, 3)
     if not four:
         options = [a for a in (0, 1, 3) if a not in need]
-        arms = tuple(a for a in arms if a != int(r.choice(options)))
+        missing = int(r.choice(options))
+        arms = tuple(a for a in arms if a != missing)
     p = {"arms": list(arms), "lanes_x": int(r.integers(1, 3)), "lanes_y": int(r.integers(1, 3)),
          "lane_width": float(r.uniform(3.3, 3.7)), "speed_limit": float(r.choice([11.1, 13.9]))}
     m, info = build_intersection(name, _placement(r), arms=arms, lanes_x=p["lanes_x"], lanes_y=p["lanes_y"],

@@ -82,7 +82,10 @@ class _Job:
 
 def _run_job(job: _Job) -> dict:
     cfg = from_dict(WorldConfig, job.cfg)
-    rec = record_log(job.plan, cfg)
+    try:
+        rec = record_log(job.plan, cfg)
+    except Exception as e:  # a generator bug: name the log so it can be reproduced alone
+        raise RuntimeError(f"generating {job.plan.name} ({job.plan.family}, seed {cfg.seed}) failed: {e!r}") from e
     logs = Path(job.out) / "logs"
     final = logs / job.plan.name
     tmp = logs / f".tmp-{job.plan.name}-{os.getpid()}"

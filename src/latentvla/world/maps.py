@@ -292,10 +292,16 @@ def build_intersection(
                 continue
             turn = turn_of(i, j)
             inc, out = info.incoming[i], info.outgoing[j]
+            opposite_missing = (i + 2) % 4 not in arms
             if turn == "left":
-                pairs = [(0, 0)]
+                # On a T junction without a straight exit, every lane may turn (no lane is a dead end).
+                pairs = [(0, 0)] if not opposite_missing else [(k, 0) for k in range(len(inc))]
+                if opposite_missing and (i + 1) % 4 in arms and len(inc) > 1:
+                    pairs = [(k, 0) for k in range(len(inc) - 1)]
             elif turn == "right":
                 pairs = [(len(inc) - 1, len(out) - 1)]
+                if opposite_missing and (i + 3) % 4 not in arms:
+                    pairs = [(k, min(k, len(out) - 1)) for k in range(len(inc))]
             else:
                 pairs = [(k, min(k, len(out) - 1)) for k in range(len(inc))]
             conns = []
