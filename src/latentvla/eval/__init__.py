@@ -1,0 +1,1 @@
+"""Evaluation: NAVSIM PDMS / EPDMS scoring (in progress), observations, motion simulation, comfort."""
