@@ -118,6 +118,11 @@ def _angle_to(rear: np.ndarray, target: np.ndarray) -> float:
     return float(np.degrees(np.abs((d + np.pi) % (2 * np.pi) - np.pi)))
 
 
+def _live(tracks: Tracks, t: int, ignore: set[int]) -> np.ndarray:
+    """Indices of tracks present at step t that are not on the ignore list."""
+    return np.array([j for j in np.flatnonzero(tracks.valid[:, t]) if j not in ignore], dtype=int)
+
+
 def _first_seen(tracks: Tracks) -> np.ndarray:
     return np.argmax(tracks.valid, axis=1)
 
@@ -137,8 +142,7 @@ def no_at_fault_collision(states: np.ndarray, points: np.ndarray, area: dict, tr
     for b in range(B):
         ignore: set[int] = set()
         for t in range(T):
-            live = np.flatnonzero(tracks.valid[:, t])
-            live = np.array([j for j in live if j not in ignore], dtype=int)
+            live = _live(tracks, t, ignore)
             if not len(live):
                 continue
             boxes = _track_corners(tracks, t)[live]
@@ -183,7 +187,7 @@ def time_to_collision(states: np.ndarray, points: np.ndarray, area: dict, tracks
         for t in range(T):
             s = states[b, t]
             speed = float(np.hypot(s[VX], s[VY]))
-            if speed < TTC_STOPPED_SPEED or out[b] == 0:
+            if speed < TTC_STOPPED_SPEED:
                 continue
             risky_area = area["multiple_lanes"][b, t] or area["non_drivable"][b, t] or area["in_intersection"][b, t]
             for k in TTC_OFFSETS:
@@ -191,7 +195,7 @@ def time_to_collision(states: np.ndarray, points: np.ndarray, area: dict, tracks
                 if idx >= n_obs:
                     continue
                 shift = speed * k * 0.1 * np.array([np.cos(s[HEADING]), np.sin(s[HEADING])])
-                live = np.array([j for j in np.flatnonzero(tracks.valid[:, idx]) if j not in ignore], dtype=int)
+                live = _live(tracks, idx, ignore)
                 if not len(live):
                     continue
                 hits = live[_intersects(points[b, t, :4] + shift, _track_corners(tracks, idx)[live])]
@@ -207,7 +211,7 @@ def time_to_collision(states: np.ndarray, points: np.ndarray, area: dict, tracks
                 if out[b] == 0:
                     break
             if out[b] == 0:
-                continue
+                break  # failed: nothing later can change it
     return out
 
 
