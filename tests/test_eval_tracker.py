@@ -1,6 +1,6 @@
 """NAVSIM v1.1 motion simulation and comfort: interpolation, LQR tracker + bicycle model, the six comfort checks.
 
-Numbers come from /work/shared/reference/navsim-metrics.md §1.2, §1.3, §1.9 and §10.
+Numbers come from the NAVSIM metrics specification (navsim-metrics.md) §1.2, §1.3, §1.9 and §10.
 """
 
 from __future__ import annotations

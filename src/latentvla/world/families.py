@@ -302,7 +302,6 @@ def pedestrian_crossing(ctx: _Ctx, name: str) -> Setup:
     j = int(r.integers(len(info.fwd_lanes[0])))
     v = v_lim * float(r.uniform(0.8, 1.0))
     ego = _ego(_fwd_seq(m, info, j), s_e, v, v)
-    ref = Polyline(info.reference)
     keep: set[str] = set()
     if jaywalk:
         # Steps out from behind a parked car on the right, when the ego is close but can still stop.
@@ -326,7 +325,6 @@ def pedestrian_crossing(ctx: _Ctx, name: str) -> Setup:
             keep.add(ped.id)
         p.update({"jaywalk": False})
     p["crossing_s"] = cross_s - s_e
-    _ = ref
     _corridor_traffic(ctx, m, info, v_lim, j, s_e, density=float(r.uniform(0.05, 0.3)), keep_clear=(-15, 200))
     _drop_overlaps(ctx, m, keep)
     return Setup(m, _state(ctx, ego, [lanes_rb(m, s[0]) for s in info.fwd_lanes]), p)
