@@ -153,6 +153,18 @@ class MapAPI:
                 out.append(lid)
         return sorted(out)
 
+    def route_lane_sequence(self, start: str, route: list[str], max_lanes: int = 200) -> list[str]:
+        """Follow successors from lane ``start`` through the route's roadblocks, in route order."""
+        seq = [start]
+        order = {rb: i for i, rb in enumerate(route)}
+        while len(seq) <= max_lanes:
+            here = order.get(self.lanes[seq[-1]].roadblock_id, -1)
+            nxt = [s for s in self.lanes[seq[-1]].successors if order.get(self.lanes[s].roadblock_id, -1) > here]
+            if not nxt:
+                break
+            seq.append(min(nxt, key=lambda s: (order[self.lanes[s].roadblock_id], s)))
+        return seq
+
     def roadblock_ids(self) -> list[str]:
         return sorted({lane.roadblock_id for lane in self.lanes.values()})
 

@@ -21,15 +21,7 @@ COMMAND_LOOKAHEAD_M = 40.0
 
 def route_lanes(map_api: MapAPI, start: str, route: list[str]) -> list[str]:
     """Follow successors from ``start`` through the route's roadblocks, in route order."""
-    seq = [start]
-    order = {rb: i for i, rb in enumerate(route)}
-    while True:
-        cur = map_api.lanes[seq[-1]]
-        here = order.get(cur.roadblock_id, -1)
-        nxt = [s for s in cur.successors if order.get(map_api.lanes[s].roadblock_id, -1) > here]
-        if not nxt or len(seq) > 200:
-            return seq
-        seq.append(min(nxt, key=lambda s: (order[map_api.lanes[s].roadblock_id], s)))
+    return map_api.route_lane_sequence(start, route)
 
 
 def dead_end(sim: Simulator, agent: Agent) -> bool:
