@@ -68,6 +68,25 @@ class DrivableMap:
                 route.append(lane.roadblock_id in route_set)
         return cls(polys, kinds, ids, np.array(route, dtype=bool))
 
+    def to_dict(self) -> dict:
+        from latentvla.eval.scene_inputs import geometry_to_list
+
+        return {"polygons": [geometry_to_list(p) for p in self.polygons], "kinds": list(self.kinds),
+                "ids": list(self.ids), "on_route": self.on_route.astype(int).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DrivableMap:
+        from latentvla.eval.scene_inputs import geometry_from_list
+
+        kinds = list(d["kinds"])
+        bad = sorted(set(kinds) - set(DRIVABLE_KINDS + LANE_KINDS))
+        if bad:
+            raise ValueError(f"drivable map: unknown polygon kinds {bad}; valid: {list(DRIVABLE_KINDS + LANE_KINDS)}")
+        if not (len(kinds) == len(d["polygons"]) == len(d["ids"]) == len(d["on_route"])):
+            raise ValueError("drivable map: polygons, kinds, ids and on_route differ in length")
+        return cls([geometry_from_list(p) for p in d["polygons"]], kinds, list(d["ids"]),
+                   np.asarray(d["on_route"], dtype=bool).reshape(-1))
+
     def contains(self, pts: np.ndarray) -> np.ndarray:
         """(P, ...) strict-interior test of every polygon for points (..., 2)."""
         flat = pts.reshape(-1, 2)

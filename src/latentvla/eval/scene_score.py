@@ -1,21 +1,16 @@
 """Score proposals of one scene with the PDMS v1.1 pipeline: interpolate -> LQR + bicycle simulation -> sub-scores.
 
-``SceneInputs`` gathers what the scorer needs from a privileged Scene (NAVSIM's metric cache content except the
-PDM-Closed reference, which is the next step of the scorer issue). Proposals are scored together because EP is
-normalised across them; proposal 0 plays the reference's role.
+Proposals are scored together because EP is normalised across them; proposal 0 plays the reference's role
+(NAVSIM stacks [PDM-Closed, agent]).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from latentvla.eval.comfort import comfort
 from latentvla.eval.interpolate import trajectory_states_batch
-from latentvla.eval.observation import Tracks, scene_tracks
 from latentvla.eval.pdm_metrics import (
-    DrivableMap,
     drivable_area_compliance,
     driving_direction_compliance,
     ego_area,
@@ -26,40 +21,10 @@ from latentvla.eval.pdm_metrics import (
     raw_progress,
     time_to_collision,
 )
-from latentvla.eval.state import StateIndex
+from latentvla.eval.scene_inputs import SceneInputs, scene_inputs
 from latentvla.eval.tracker import simulate
-from latentvla.schema import EGO, Scene
 
-
-@dataclass
-class SceneInputs:
-    token: str
-    initial_state: np.ndarray  # (11,) rear axle, global, logged velocity/acceleration, steering 0
-    tracks: Tracks
-    drivable: DrivableMap
-    centerline: np.ndarray  # (N, 2) route centerline from the ego's lane
-    t0_us: int
-
-
-def scene_inputs(scene: Scene) -> SceneInputs:
-    cur = scene.current_frame
-    es = cur.ego_status
-    init = np.zeros(len(StateIndex))
-    init[[StateIndex.X, StateIndex.Y, StateIndex.HEADING]] = es.ego_pose
-    init[[StateIndex.VELOCITY_X, StateIndex.VELOCITY_Y]] = es.ego_velocity
-    init[[StateIndex.ACCELERATION_X, StateIndex.ACCELERATION_Y]] = es.ego_acceleration
-    h = es.ego_pose[2]
-    center = es.ego_pose[:2] + EGO.rear_axle_to_center * np.array([np.cos(h), np.sin(h)])
-    route = list(cur.roadblock_ids)
-    m = scene.map_api
-    on_route = [lid for lid, ln in m.lanes.items() if ln.roadblock_id in route]
-    if not on_route:
-        raise ValueError(f"scene {scene.metadata.scene_token}: no map lane lies on the route {route[:4]}")
-    start = min(on_route, key=lambda lid: float(np.min(np.hypot(*(m.lanes[lid].centerline - center).T))))
-    seq = m.route_lane_sequence(start, route)
-    centerline = np.concatenate([m.lanes[lid].centerline for lid in seq])
-    return SceneInputs(scene.metadata.scene_token, init, scene_tracks(scene),
-                       DrivableMap.from_map(m, center, route), centerline, int(cur.timestamp))
+__all__ = ["SceneInputs", "scene_inputs", "score_proposals"]
 
 
 def score_proposals(inputs: SceneInputs, poses: np.ndarray, interval: float = 0.5) -> dict[str, np.ndarray]:
