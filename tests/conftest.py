@@ -42,3 +42,17 @@ def runner():
     from typer.testing import CliRunner
 
     return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_world, tmp_path_factory):
+    """The tiny world's metric cache (with PDM-Closed plans), built once into a temporary root."""
+    from latentvla.eval.metric_cache import MetricCache
+
+    root = tmp_path_factory.mktemp("metric_cache")
+    return MetricCache.open(tiny_world, cache_root=root, workers=1, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tiny_cache):
+    return tiny_cache.path.parent

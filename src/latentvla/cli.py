@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LatentVLA: latent-action VLA driving, end to end.")
 world_app = typer.Typer(no_args_is_help=True, help="The embedded procedural driving world.")
@@ -165,6 +166,69 @@ def demo(
     from latentvla.demo import run_demo
 
     run_demo(out, profile=profile, scenes=scenes, workers=workers or _default_workers(), console=console)
+
+
+class _ScoreCommand(TyperCommand):
+    """``--explain`` takes a scene token, except with ``--case`` where it is a bare flag."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        for i, a in enumerate(args):
+            if a == "--explain" and (i + 1 == len(args) or args[i + 1].startswith("--")):
+                args.insert(i + 1, CASE_EXPLAIN)
+                break
+        return super().parse_args(ctx, args)
+
+
+CASE_EXPLAIN = "(case)"
+
+
+@app.command("score", cls=_ScoreCommand)
+@_friendly
+def score(
+    data: Path | None = typer.Option(None, "--data", help="Dataset directory."),
+    agent: str = typer.Option("log-replay", "--agent",
+                              help="constant-velocity | log-replay | pdm-closed | predictions:FILE.json | RUN_DIR"),
+    out: Path | None = typer.Option(None, "--out", help="Per-scene RESULTS.csv (summary: RESULTS.summary.json); "
+                                                       "with --dump-case: the case JSON."),
+    split: str = typer.Option("test", "--split", help="test | val | train | all"),
+    metric: str = typer.Option("pdms", "--metric", help="pdms (NAVSIM v1.1) | epdms (NAVSIM v2)"),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU core)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Metric cache root (default DATA/metric_cache)."),
+    explain: str | None = typer.Option(None, "--explain", help="Explain the sub-scores of scene TOKEN "
+                                                               "(a bare flag with --case)."),
+    dump_case: str | None = typer.Option(None, "--dump-case", help="Write the scoring case of scene TOKEN to --out."),
+    case: Path | None = typer.Option(None, "--case", help="Score one scoring-case JSON in isolation."),
+    sanity: bool = typer.Option(False, "--sanity", help="Check log replay and constant velocity score as expected."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Score an agent with NAVSIM's PDMS (v1.1) or EPDMS (v2) on a split; also --explain, --dump-case, --case,
+    --sanity."""
+    from latentvla.eval import score_cli
+
+    if metric not in ("pdms", "epdms"):
+        raise ValueError(f"unknown metric '{metric}'; valid: pdms, epdms")
+    if case is not None:
+        score_cli.run_case(case, explain is not None)
+        return
+    if data is None:
+        raise ValueError("--data DIR is required (or score a single --case CASE.json)")
+    workers = workers or _default_workers()
+    if sanity:
+        if not score_cli.run_sanity(data, split, workers, cache_dir):
+            raise typer.Exit(code=1)
+        return
+    if explain is not None:
+        if explain == CASE_EXPLAIN:
+            raise ValueError("--explain needs a scene TOKEN (a bare --explain only goes with --case)")
+        score_cli.run_explain(data, agent, explain, metric, cache_dir, workers)
+        return
+    if out is None:
+        raise ValueError("--out is required (RESULTS.csv, or CASE.json with --dump-case)")
+    if dump_case is not None:
+        score_cli.run_dump_case(data, agent, dump_case, out, metric, cache_dir, workers)
+        return
+    score_cli.run_score(data, agent, out, split, metric, workers, cache_dir, quiet)
 
 
 def main() -> None:  # console script entry point

@@ -198,8 +198,9 @@ class SceneStore:
         sim_state = self.load_sim_state(token) if with_sim_state else None
         return Scene(meta, frames, self.load_map(info["log"]), sim_state)
 
-    def load_agent_input(self, token: str, history_sensors: bool = False) -> AgentInput:
-        """What a planner sees: 4 ego statuses (current frame last) and the current frame's cameras + LiDAR."""
+    def load_agent_input(self, token: str, history_sensors: bool = False, sensors: bool = True) -> AgentInput:
+        """What a planner sees: 4 ego statuses (current frame last) and the current frame's cameras + LiDAR
+        (``sensors=False``: ego statuses only, for agents that need no sensors)."""
         info = self.info(token)
         log = self._log(info["log"])
         cur = log["_frame_of"][token]
@@ -211,7 +212,7 @@ class SceneStore:
             rel = global_to_local(np.asarray(e["pose"])[None], origin)[0].astype(np.float32)
             statuses.append(EgoStatus(rel, np.asarray(e["velocity"], dtype=np.float32),
                                       np.asarray(e["acceleration"], dtype=np.float32), command_one_hot(e["command"])))
-            load = history_sensors or k == len(history) - 1
+            load = sensors and (history_sensors or k == len(history) - 1)
             cams.append({n: self._camera(info["log"], n, r if load else None, token)
                          for n, r in fr["sensors"].items() if n != "lidar"})
             lidars.append(self._lidar(info["log"], fr["sensors"]["lidar"], token) if load else None)

@@ -68,12 +68,15 @@ def _approximate_derivatives(y: np.ndarray, x: np.ndarray, window_length: int, p
     )
 
 
-def jerk_signal(states: np.ndarray, coordinate: str, time_points_s: np.ndarray | None = None) -> np.ndarray:
-    """(B, T) jerk: window-8 smoothed acceleration, then a window-41 (n_time) first derivative; rounded."""
+def jerk_signal(states: np.ndarray, coordinate: str, time_points_s: np.ndarray | None = None,
+                derivative_window: int | None = None) -> np.ndarray:
+    """(B, T) jerk: window-8 smoothed acceleration, then a first derivative over ``derivative_window`` steps
+    (v1.1: n_time; NAVSIM v2 passes 15, capped at n_time); rounded."""
     n_time = states.shape[1]
     time_points_s = default_time_points(n_time) if time_points_s is None else np.asarray(time_points_s)
     accel = acceleration_signal(states, coordinate)  # default (even) window 8
-    jerk = _approximate_derivatives(accel, time_points_s, window_length=n_time, poly_order=2, deriv_order=1)
+    window = n_time if derivative_window is None else min(derivative_window, n_time)
+    jerk = _approximate_derivatives(accel, time_points_s, window_length=window, poly_order=2, deriv_order=1)
     return np.round(jerk, decimals=DECIMALS)
 
 
@@ -85,11 +88,13 @@ def phase_unwrap(headings: np.ndarray) -> np.ndarray:
     return headings - two_pi * adjustments
 
 
-def yaw_signal(states: np.ndarray, deriv_order: int, time_points_s: np.ndarray | None = None) -> np.ndarray:
-    """(B, T) yaw rate (deriv 1, poly 2) or yaw acceleration (deriv 2, poly 3), window 5, rounded."""
+def yaw_signal(states: np.ndarray, deriv_order: int, time_points_s: np.ndarray | None = None,
+               poly_order: int | None = None) -> np.ndarray:
+    """(B, T) yaw rate (deriv 1, poly 2) or yaw acceleration (deriv 2, poly 3 unless ``poly_order`` is given:
+    NAVSIM v2's extended comfort uses poly 2), window 5, rounded."""
     n_time = states.shape[1]
     time_points_s = default_time_points(n_time) if time_points_s is None else np.asarray(time_points_s)
-    poly_order = {1: 2, 2: 3}[deriv_order]
+    poly_order = {1: 2, 2: 3}[deriv_order] if poly_order is None else poly_order
     headings = phase_unwrap(states[..., StateIndex.HEADING])
     yaw = _approximate_derivatives(
         headings, time_points_s, window_length=DERIVATIVE_WINDOW, poly_order=poly_order, deriv_order=deriv_order

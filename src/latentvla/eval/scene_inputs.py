@@ -15,7 +15,7 @@ shortest repr). It holds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -24,7 +24,7 @@ import shapely
 from latentvla.eval.observation import Tracks, interpolate_tracks
 from latentvla.eval.pdm_metrics import DrivableMap
 from latentvla.eval.state import StateIndex
-from latentvla.schema import EGO, Scene, local_to_global
+from latentvla.schema import EGO, AgentInput, EgoStatus, Scene, global_to_local, local_to_global
 
 V1_FUTURE_FRAMES = 10  # 5 s of observation (v1.1 metric cache)
 V2_FUTURE_FRAMES = 8  # 4 s (v2 metric cache)
@@ -96,7 +96,7 @@ class SceneInputs:
     past_times_s: np.ndarray  # (4,)
     reference_poses: np.ndarray | None = None  # (M, 3) PDM-Closed plan, current frame, REFERENCE_INTERVAL apart
     previous_token: str | None = None  # the same log's scene starting 0.5 s earlier (v2 extended comfort)
-    extra: dict = field(default_factory=dict)
+    driving_commands: np.ndarray | None = None  # (4, 4) one-hot commands of the history frames
 
     @cached_property
     def tracks(self) -> Tracks:
@@ -107,6 +107,60 @@ class SceneInputs:
     def tracks_v2(self) -> Tracks:
         """v2 observation: 41 steps over 0-4 s."""
         return tracks_from_sightings(self.sightings, V2_FUTURE_FRAMES)
+
+    def transformed(self, rotation: float, offset: np.ndarray) -> SceneInputs:
+        """The same scene rotated by ``rotation`` about the origin, then shifted by ``offset`` (global frame).
+
+        Every score must be invariant to this (tested); relative plans (human, reference) are unchanged.
+        """
+        c, s = np.cos(rotation), np.sin(rotation)
+        rot = np.array([[c, -s], [s, c]])
+        off = np.asarray(offset, dtype=np.float64)
+
+        def xy(a: np.ndarray) -> np.ndarray:
+            return a @ rot.T + off
+
+        def state(a: np.ndarray) -> np.ndarray:  # positions and heading move; ego-frame velocities do not
+            a = a.copy()
+            a[..., :2] = xy(a[..., :2])
+            a[..., 2] = (a[..., 2] + rotation + np.pi) % (2 * np.pi) - np.pi
+            return a
+
+        def geom(g: shapely.Geometry) -> shapely.Geometry:
+            return shapely.transform(g, xy)
+
+        sightings = []
+        for sg in self.sightings:
+            b = sg.boxes.copy()
+            b[:, :3] = state(b[:, :3])
+            b[:, 3:5] = b[:, 3:5] @ rot.T  # global velocities rotate
+            sightings.append(Sighting(sg.time_s, list(sg.tokens), list(sg.names), b))
+        dm = self.drivable
+        return SceneInputs(
+            token=self.token, log_name=self.log_name, family=self.family, t0_us=self.t0_us,
+            initial_state=state(self.initial_state), sightings=sightings,
+            drivable=DrivableMap([geom(p) for p in dm.polygons], list(dm.kinds), list(dm.ids), dm.on_route.copy()),
+            route_roadblocks=list(self.route_roadblocks), centerline=xy(self.centerline),
+            speed_limit=self.speed_limit,
+            red_lights=RedLights(list(self.red_lights.lane_ids), [geom(p) for p in self.red_lights.polygons],
+                                 self.red_lights.red.copy()),
+            human_poses=self.human_poses.copy(), past_states=state(self.past_states),
+            past_times_s=self.past_times_s.copy(),
+            reference_poses=None if self.reference_poses is None else self.reference_poses.copy(),
+            previous_token=self.previous_token, driving_commands=self.driving_commands,
+        )
+
+    def agent_input(self) -> AgentInput:
+        """What a sensor-free agent sees (ego history relative to the current pose), straight from the cache:
+        equal to ``SceneStore.load_agent_input(token, sensors=False)`` without reading the logs."""
+        if self.driving_commands is None:
+            raise ValueError(f"scene {self.token}: the cached inputs hold no driving commands")
+        origin = self.initial_state[:3]
+        rel = global_to_local(self.past_states[:, :3], origin).astype(np.float32)
+        statuses = [EgoStatus(rel[k], self.past_states[k, 3:5].astype(np.float32),
+                              self.past_states[k, 5:7].astype(np.float32), self.driving_commands[k])
+                    for k in range(len(rel))]
+        return AgentInput(statuses, [{} for _ in statuses], [None for _ in statuses], self.token)
 
     # --- serialisation ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -126,10 +180,12 @@ class SceneInputs:
             "past_times_s": self.past_times_s.tolist(),
             "reference_poses": None if self.reference_poses is None else self.reference_poses.tolist(),
             "previous_token": self.previous_token,
+            "driving_commands": None if self.driving_commands is None else self.driving_commands.tolist(),
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> SceneInputs:
+    def from_dict(cls, d: dict, drivable: DrivableMap | None = None) -> SceneInputs:
+        """``drivable`` replaces ``d["drivable"]`` (the metric cache stores a log's polygons once)."""
         rl = d["red_lights"]
         ids = list(rl["lane_ids"])
         red = np.asarray(rl["red"], dtype=bool).reshape(len(ids), -1) if ids else np.zeros((0, 1), dtype=bool)
@@ -141,7 +197,7 @@ class SceneInputs:
             token=d["token"], log_name=d.get("log_name", ""), family=d.get("family", ""), t0_us=int(d["t0_us"]),
             initial_state=init,
             sightings=[Sighting.from_dict(s) for s in d["sightings"]],
-            drivable=DrivableMap.from_dict(d["drivable"]),
+            drivable=drivable if drivable is not None else DrivableMap.from_dict(d["drivable"]),
             route_roadblocks=list(d["route_roadblocks"]),
             centerline=np.asarray(d["centerline"], dtype=np.float64).reshape(-1, 2),
             speed_limit=float(d["speed_limit"]),
@@ -151,6 +207,8 @@ class SceneInputs:
             past_times_s=np.asarray(d["past_times_s"], dtype=np.float64),
             reference_poses=None if ref is None else np.asarray(ref, dtype=np.float64).reshape(-1, 3),
             previous_token=d.get("previous_token"),
+            driving_commands=None if d.get("driving_commands") is None else np.asarray(d["driving_commands"],
+                                                                                       dtype=np.float32),
         )
 
 
@@ -240,4 +298,5 @@ def scene_inputs(scene: Scene, previous_token: str | None = None) -> SceneInputs
         red_lights=RedLights(connectors, [m.lanes[lid].polygon for lid in connectors], red),
         human_poses=scene._relative_poses(range(ci + 1, ci + 9)),
         past_states=past_states, past_times_s=past_times, previous_token=previous_token,
+        driving_commands=np.stack([np.asarray(f.ego_status.driving_command, dtype=np.float32) for f in past]),
     )

@@ -1,7 +1,9 @@
-"""Score proposals of one scene with the PDMS v1.1 pipeline: interpolate -> LQR + bicycle simulation -> sub-scores.
+"""Score plans with the PDMS v1.1 pipeline: interpolate -> LQR + bicycle simulation -> sub-scores.
 
-Proposals are scored together because EP is normalised across them; proposal 0 plays the reference's role
-(NAVSIM stacks [PDM-Closed, agent]).
+A scene's proposals are scored together because EP is normalised across them: NAVSIM stacks [PDM-Closed
+reference, agent] and reads the agent's row. Simulation and comfort are batched across *scenes* too
+(``score_pdms_batch``): the tracker is a fixed 40-step loop whose cost hardly grows with the batch, so a few
+hundred scenes cost about as much as one. Geometry (map, agents) stays per scene, vectorised over time and tracks.
 """
 
 from __future__ import annotations
@@ -21,22 +23,73 @@ from latentvla.eval.pdm_metrics import (
     raw_progress,
     time_to_collision,
 )
-from latentvla.eval.scene_inputs import SceneInputs, scene_inputs
+from latentvla.eval.scene_inputs import REFERENCE_INTERVAL, SceneInputs, scene_inputs
 from latentvla.eval.tracker import simulate
 
-__all__ = ["SceneInputs", "scene_inputs", "score_proposals"]
+__all__ = ["SceneInputs", "scene_inputs", "score_proposals", "score_pdms_batch", "simulate_plans"]
+
+PDMS_KEYS = ("nc", "dac", "ddc", "ttc", "ep", "c", "pdms")
+
+
+def plan_references(inputs: SceneInputs, plans: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Interpolate several (poses (N, 3), interval) plans of one scene to (P, 41, 11) reference states."""
+    return np.concatenate([trajectory_states_batch(inputs.initial_state, np.asarray(p, dtype=np.float64)[None],
+                                                   interval, t0_us=inputs.t0_us) for p, interval in plans])
+
+
+def simulate_plans(scenes: list[SceneInputs], plans: list[list[tuple[np.ndarray, float]]]) -> list[np.ndarray]:
+    """One batched LQR + bicycle simulation for the plans of many scenes; returns (P_i, 41, 11) per scene."""
+    refs = [plan_references(s, p) for s, p in zip(scenes, plans)]
+    if not refs:
+        return []
+    init = np.concatenate([np.broadcast_to(s.initial_state, (len(r), len(s.initial_state)))
+                           for s, r in zip(scenes, refs)])
+    states = simulate(init, np.concatenate(refs))
+    return np.split(states, np.cumsum([len(r) for r in refs])[:-1])
+
+
+def pdms_from_states(inputs: SceneInputs, states: np.ndarray, c: np.ndarray | None = None,
+                     explain: dict | None = None) -> dict[str, np.ndarray]:
+    """Sub-scores (P,) of the simulated proposals of one scene; EP normalised across them."""
+    pts = ego_points(states)
+    area = ego_area(pts, states[..., :2], inputs.drivable)
+    nc = no_at_fault_collision(states, pts, area, inputs.tracks,
+                               explain=None if explain is None else explain.setdefault("nc", []))
+    dac = drivable_area_compliance(area)
+    ttc = time_to_collision(states, pts, area, inputs.tracks,
+                            explain=None if explain is None else explain.setdefault("ttc", []))
+    ddc = driving_direction_compliance(pts, area)
+    c = comfort(states) if c is None else c
+    raw = raw_progress(pts, inputs.centerline)
+    ep = ego_progress(raw, nc * dac)
+    if explain is not None:
+        explain.update(points=pts, area=area, raw_progress=raw)
+    return {"nc": nc, "dac": dac, "ddc": ddc, "ttc": ttc, "ep": ep, "c": c, "pdms": pdms(nc, dac, ttc, ep, c)}
 
 
 def score_proposals(inputs: SceneInputs, poses: np.ndarray, interval: float = 0.5) -> dict[str, np.ndarray]:
-    """(P, N, 3) relative plans -> per-proposal sub-scores nc, dac, ddc, ttc, ep, c, pdms (each (P,))."""
-    ref = trajectory_states_batch(inputs.initial_state, poses, interval, t0_us=inputs.t0_us)
-    states = simulate(np.broadcast_to(inputs.initial_state, (len(poses), len(inputs.initial_state))), ref)
-    pts = ego_points(states)
-    area = ego_area(pts, states[..., :2], inputs.drivable)
-    nc = no_at_fault_collision(states, pts, area, inputs.tracks)
-    dac = drivable_area_compliance(area)
-    ttc = time_to_collision(states, pts, area, inputs.tracks)
-    ddc = driving_direction_compliance(pts, area)
-    c = comfort(states)
-    ep = ego_progress(raw_progress(pts, inputs.centerline), nc * dac)
-    return {"nc": nc, "dac": dac, "ddc": ddc, "ttc": ttc, "ep": ep, "c": c, "pdms": pdms(nc, dac, ttc, ep, c)}
+    """(P, N, 3) relative plans of one scene -> per-proposal sub-scores nc, dac, ddc, ttc, ep, c, pdms (each (P,))."""
+    states = simulate_plans([inputs], [[(p, interval) for p in poses]])[0]
+    return pdms_from_states(inputs, states)
+
+
+def reference_plan(inputs: SceneInputs) -> tuple[np.ndarray, float]:
+    if inputs.reference_poses is None:
+        raise ValueError(f"scene {inputs.token}: no PDM-Closed reference plan (build the metric cache first)")
+    return inputs.reference_poses, REFERENCE_INTERVAL
+
+
+def score_pdms_batch(scenes: list[SceneInputs], poses: list[np.ndarray], interval: float = 0.5
+                     ) -> list[dict[str, float]]:
+    """PDMS v1.1 of one agent plan per scene, each scored against the scene's PDM-Closed reference."""
+    plans = [[reference_plan(s), (p, interval)] for s, p in zip(scenes, poses)]
+    states = simulate_plans(scenes, plans)
+    if not states:
+        return []
+    c_all = comfort(np.concatenate(states))
+    out, k = [], 0
+    for s, st in zip(scenes, states):
+        sub = pdms_from_states(s, st, c_all[k: k + len(st)])
+        k += len(st)
+        out.append({key: float(sub[key][1]) for key in PDMS_KEYS})
+    return out

@@ -1,0 +1,272 @@
+"""The metric cache: every scene's ``SceneInputs`` (map geometry near the ego, agents' boxes, route, lights, the
+PDM-Closed reference plan) computed once and stored next to the dataset, so scoring never touches the logs again.
+
+Layout ``<cache_root>/<key>/``: ``shards/<log>.npz`` (one per log; the log's drivable polygons stored once and
+referenced by the scenes) and ``index.json`` (written last: its presence marks a complete cache). The key is
+``<dataset digest>-<config hash>``: the digest covers ``manifest.json`` and every log's ``SHA256SUMS``, the hash the
+``MetricCacheConfig`` (scorer/cache format version and reference-planner settings), so a changed dataset or a new
+scorer version can never be scored against a stale cache (NAVSIM issue #28). Shards are written atomically and an
+interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from latentvla.config import config_hash, to_dict
+from latentvla.data.store import DataError, SceneStore
+from latentvla.eval.observation import Tracks
+from latentvla.eval.pdm_metrics import DrivableMap
+from latentvla.eval.scene_inputs import V1_FUTURE_FRAMES, RedLights, SceneInputs, Sighting, scene_inputs
+from latentvla.runtime.io import atomic_write_bytes, load_npz, npz_bytes, read_json, write_json
+from latentvla.runtime.parallel import parallel_map, progress_bar
+
+CACHE_FORMAT = 2
+
+
+@dataclass
+class MetricCacheConfig:
+    """What the cached content depends on besides the data (hashed into the cache key)."""
+
+    format_version: int = CACHE_FORMAT
+    scorer: str = "pdms-v1.1+epdms-v2"
+    map_radius: float = 100.0
+    reference: str = "pdm-closed"
+
+
+def dataset_digest(root: Path) -> str:
+    """sha256 over manifest.json and every log's SHA256SUMS (which cover every file of the dataset)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path} not found: not a dataset directory")
+    h.update(manifest_path.read_bytes())
+    for log, entry in sorted(read_json(manifest_path).get("logs", {}).items()):
+        sums = root / entry["sha256sums"]
+        if not sums.is_file():
+            raise DataError(f"log {log}: {sums} is missing; run `latentvla data verify {root}`")
+        h.update(log.encode() + b"\0" + sums.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(root: Path, cfg: MetricCacheConfig) -> str:
+    return f"{dataset_digest(root)}-{config_hash(cfg)}"
+
+
+# --- shards ---------------------------------------------------------------------------------------------------
+# A shard is one deterministic .npz per log: numeric fields of all its scenes concatenated per field (with
+# per-scene lengths), the log's polygons once as WKB (exact doubles), and a small JSON header for the strings.
+# Loading is a zip read plus array slicing; no per-number text parsing (the cache is read far more than written).
+_TRACK_FIELDS = ("x", "y", "heading", "vx", "vy", "valid", "length", "width")
+
+
+def _scene_record(e: SceneInputs, poly_index: dict[str, int], polys: list) -> tuple[dict, dict]:
+    def index(key: str, geom) -> int:
+        if key not in poly_index:
+            poly_index[key] = len(polys)
+            polys.append(geom)
+        return poly_index[key]
+
+    dm = e.drivable
+    arrays = {
+        "initial_state": e.initial_state[None], "centerline": e.centerline, "human_poses": e.human_poses,
+        "past_states": e.past_states, "past_times_s": e.past_times_s,
+        "reference_poses": np.zeros((0, 3)) if e.reference_poses is None else e.reference_poses,
+        "driving_commands": np.zeros((0, 4), np.float32) if e.driving_commands is None else e.driving_commands,
+        "sight_boxes": np.concatenate([sg.boxes for sg in e.sightings]) if e.sightings else np.zeros((0, 7)),
+        "sight_counts": np.array([len(sg.tokens) for sg in e.sightings], dtype=np.int64),
+        "sight_times": np.array([sg.time_s for sg in e.sightings]),
+        "drivable_idx": np.array([index(f"{k}/{i}", g) for k, i, g in zip(dm.kinds, dm.ids, dm.polygons)],
+                                 dtype=np.int64),
+        "on_route": dm.on_route.astype(bool),
+        "red_idx": np.array([index(f"red/{lid}", g) for lid, g in zip(e.red_lights.lane_ids, e.red_lights.polygons)],
+                            dtype=np.int64),
+        "red": (e.red_lights.red.astype(bool).reshape(len(e.red_lights.lane_ids), -1) if e.red_lights.lane_ids
+                else np.zeros((0, V1_FUTURE_FRAMES + 1), dtype=bool)),
+    }
+    header = {"token": e.token, "log_name": e.log_name, "family": e.family, "t0_us": e.t0_us,
+              "route_roadblocks": e.route_roadblocks, "speed_limit": e.speed_limit,
+              "previous_token": e.previous_token, "red_lane_ids": e.red_lights.lane_ids,
+              "sight_tokens": [sg.tokens for sg in e.sightings], "sight_names": [sg.names for sg in e.sightings],
+              "drivable_kinds": list(dm.kinds), "drivable_ids": list(dm.ids)}
+    for tag, tr in (("t1", e.tracks), ("t2", e.tracks_v2)):
+        for f in _TRACK_FIELDS:
+            arrays[f"{tag}_{f}"] = getattr(tr, f)
+        header[f"{tag}_tokens"], header[f"{tag}_names"] = tr.tokens, tr.names
+    return arrays, header
+
+
+def _encode_shard(log: str, entries: list[SceneInputs]) -> bytes:
+    poly_index: dict[str, int] = {}
+    polys: list = []
+    records = [_scene_record(e, poly_index, polys) for e in entries]
+    out: dict[str, np.ndarray] = {}
+    for key in records[0][0]:
+        parts = [r[0][key] for r in records]
+        out[key] = np.concatenate(parts)
+        out[key + "#n"] = np.array([len(p) for p in parts], dtype=np.int64)
+    wkb = [shapely.to_wkb(g, byte_order=1) for g in polys]
+    out["wkb"] = np.frombuffer(b"".join(wkb), dtype=np.uint8)
+    out["wkb#n"] = np.array([len(w) for w in wkb], dtype=np.int64)
+    header = {"format": CACHE_FORMAT, "log": log, "scenes": [r[1] for r in records]}
+    out["header"] = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
+    return npz_bytes(out)
+
+
+def _split(arrays: dict[str, np.ndarray], key: str) -> list[np.ndarray]:
+    return np.split(arrays[key], np.cumsum(arrays[key + "#n"])[:-1])
+
+
+def _decode_shard(data: bytes, path: Path) -> dict[str, SceneInputs]:
+    try:
+        arrays = load_npz(data)
+        header = json.loads(arrays["header"].tobytes())
+        raw = arrays["wkb"].tobytes()
+        ends = np.cumsum(arrays["wkb#n"])
+        geoms = shapely.from_wkb([raw[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)])
+        cols = {k[:-2]: _split(arrays, k[:-2]) for k in arrays if k.endswith("#n") and k != "wkb#n"}
+    except Exception as e:  # zip / npy / json / wkb errors all mean the same thing
+        raise DataError(f"metric cache shard {path} is corrupt ({type(e).__name__}: {e}); delete the cache "
+                        f"directory to rebuild it") from None
+    if header.get("format") != CACHE_FORMAT:
+        raise DataError(f"metric cache shard {path} has format {header.get('format')}, expected {CACHE_FORMAT}")
+    out = {}
+    for i, h in enumerate(header["scenes"]):
+        c = {k: v[i] for k, v in cols.items()}
+        bounds = np.concatenate([[0], np.cumsum(c["sight_counts"])])
+        sightings = [Sighting(float(t), list(tok), list(nm), c["sight_boxes"][bounds[f]:bounds[f + 1]])
+                     for f, (t, tok, nm) in enumerate(zip(c["sight_times"], h["sight_tokens"], h["sight_names"]))]
+        drivable = DrivableMap([geoms[k] for k in c["drivable_idx"]], list(h["drivable_kinds"]),
+                               list(h["drivable_ids"]), c["on_route"])
+        inputs = SceneInputs(
+            token=h["token"], log_name=h["log_name"], family=h["family"], t0_us=int(h["t0_us"]),
+            initial_state=c["initial_state"][0], sightings=sightings, drivable=drivable,
+            route_roadblocks=list(h["route_roadblocks"]), centerline=c["centerline"],
+            speed_limit=float(h["speed_limit"]),
+            red_lights=RedLights(list(h["red_lane_ids"]), [geoms[k] for k in c["red_idx"]], c["red"]),
+            human_poses=c["human_poses"], past_states=c["past_states"], past_times_s=c["past_times_s"],
+            reference_poses=c["reference_poses"] if len(c["reference_poses"]) else None,
+            previous_token=h["previous_token"],
+            driving_commands=c["driving_commands"] if len(c["driving_commands"]) else None)
+        for tag, prop in (("t1", "tracks"), ("t2", "tracks_v2")):  # pre-fill the cached properties
+            inputs.__dict__[prop] = Tracks(list(h[f"{tag}_tokens"]), list(h[f"{tag}_names"]),
+                                           **{f: c[f"{tag}_{f}"] for f in _TRACK_FIELDS})
+        out[inputs.token] = inputs
+    return out
+
+
+# --- building -------------------------------------------------------------------------------------------------
+@dataclass
+class _LogJob:
+    data: str
+    log: str
+    tokens: list[str]
+    out: str
+
+
+_STORES: dict[str, SceneStore] = {}
+
+
+def _store(root: str) -> SceneStore:
+    if root not in _STORES:
+        _STORES[root] = SceneStore(root, verify_blobs=True)
+    return _STORES[root]
+
+
+def build_log_entries(store: SceneStore, tokens: list[str]) -> list[SceneInputs]:
+    """SceneInputs (with the PDM-Closed plan) for the scenes of one log, predecessor links included."""
+    from latentvla.eval.reference import pdm_closed_plan
+
+    log = store._log(store.info(tokens[0])["log"])
+    frame_of = log["_frame_of"]
+    by_frame = {frame_of[t]: t for t in tokens}
+    entries = []
+    for tok in tokens:
+        scene = store.load_scene(tok, with_sim_state=False)
+        inputs = scene_inputs(scene, previous_token=by_frame.get(frame_of[tok] - 1))
+        inputs.reference_poses = pdm_closed_plan(inputs)
+        entries.append(inputs)
+    return entries
+
+
+def _build_log(job: _LogJob) -> tuple[str, int]:
+    entries = build_log_entries(_store(job.data), job.tokens)
+    atomic_write_bytes(Path(job.out) / "shards" / f"{job.log}.npz", _encode_shard(job.log, entries))
+    return job.log, len(entries)
+
+
+class MetricCache:
+    """Read side: ``MetricCache.open(data)`` builds the cache if needed, then ``load(token)`` per scene."""
+
+    def __init__(self, path: Path, index: dict):
+        self.path = Path(path)
+        self.index = index
+        self._shard_of: dict[str, str] = index["scenes"]
+        self._loaded: dict[str, dict[str, SceneInputs]] = {}
+
+    @classmethod
+    def open(cls, data: str | Path, cfg: MetricCacheConfig | None = None, cache_root: str | Path | None = None,
+             workers: int = 1, quiet: bool = False) -> MetricCache:
+        data = Path(data)
+        cfg = cfg or MetricCacheConfig()
+        key = cache_key(data, cfg)
+        path = Path(cache_root or data / "metric_cache") / key
+        if not (path / "index.json").is_file():
+            build(data, path, cfg, key, workers=workers, quiet=quiet)
+        index = read_json(path / "index.json")
+        if index.get("key") != key:
+            raise DataError(f"metric cache {path} belongs to {index.get('key')}, not {key}; delete it to rebuild")
+        return cls(path, index)
+
+    @property
+    def tokens(self) -> list[str]:
+        return list(self._shard_of)
+
+    def log_of(self, token: str) -> str:
+        try:
+            return self._shard_of[token]
+        except KeyError:
+            raise KeyError(f"scene token '{token}' is not in the metric cache {self.path}") from None
+
+    def load_log(self, log: str) -> dict[str, SceneInputs]:
+        if log not in self._loaded:
+            if len(self._loaded) >= 16:
+                self._loaded.pop(next(iter(self._loaded)))
+            path = self.path / "shards" / f"{log}.npz"
+            if not path.is_file():
+                raise DataError(f"metric cache shard {path} is missing; delete {self.path} to rebuild the cache")
+            self._loaded[log] = _decode_shard(path.read_bytes(), path)
+        return self._loaded[log]
+
+    def load(self, token: str) -> SceneInputs:
+        return self.load_log(self.log_of(token))[token]
+
+
+def build(data: Path, path: Path, cfg: MetricCacheConfig, key: str, workers: int = 1, quiet: bool = False) -> dict:
+    """Compute every missing shard (resumable), then write ``index.json``."""
+    store = SceneStore(data, verify_blobs=False)
+    by_log: dict[str, list[str]] = {}
+    for s in store.manifest["scenes"]:
+        by_log.setdefault(s["log"], []).append(s["token"])
+    todo = [_LogJob(str(data), log, toks, str(path)) for log, toks in sorted(by_log.items())
+            if not (path / "shards" / f"{log}.npz").is_file()]
+    done = len(store) - sum(len(j.tokens) for j in todo)
+    start, built = time.time(), 0
+    with progress_bar(disable=quiet) as bar:
+        task = bar.add_task("building metric cache", total=len(store), completed=done, rate="")
+        for _, n in parallel_map(_build_log, todo, workers=workers):
+            built += n
+            bar.update(task, advance=n, rate=f"{built / max(time.time() - start, 1e-9):.1f} scenes/s")
+    index = {"key": key, "config": to_dict(cfg), "dataset": str(data.name),
+             "scenes": {tok: log for log, toks in sorted(by_log.items()) for tok in toks},
+             "build_seconds": round(time.time() - start, 3), "built_scenes": built}
+    write_json(path / "index.json", index)
+    return index

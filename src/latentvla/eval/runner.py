@@ -1,0 +1,198 @@
+"""``latentvla score``: run an agent on a split, score every scene, write the per-scene CSV and the summary.
+
+Work is split by log (a log's scenes share a cache shard, and EPDMS's extended comfort pairs each scene with its
+predecessor in the same log); logs are scored in parallel and rows are put back in manifest order, so the output
+does not depend on ``--workers``. As NAVSIM does, a scene whose agent fails (exception, NaN/inf, wrong shape or
+number of poses) is marked ``valid=false`` with the reason and left out of the mean; the summary also reports the
+score with such scenes counted as 0, so nobody games the mean by failing on hard scenes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latentvla.agents.base import Agent
+from latentvla.data.store import SceneStore
+from latentvla.eval.metric_cache import MetricCache
+from latentvla.eval.scene_inputs import SceneInputs
+from latentvla.runtime.io import atomic_write_text, write_json
+from latentvla.runtime.parallel import parallel_map, progress_bar
+from latentvla.schema import TRAJECTORY_POSES, Trajectory
+
+METRICS = {
+    "pdms": ("pdms-v1.1", ("nc", "dac", "ttc", "ep", "c", "pdms"), ("ddc",)),
+    "epdms": ("epdms-v2", ("nc", "dac", "ddc", "tlc", "ep", "ttc", "lk", "hc", "ec", "epdms"), ()),
+}
+INTERVAL = 0.5
+
+
+def columns(metric: str) -> list[str]:
+    _, main, extra = METRICS[metric]
+    return ["token", "family", "valid", *main, *extra, "error"]
+
+
+def score_column(metric: str) -> str:
+    return METRICS[metric][1][-1]
+
+
+def agent_plan(agent: Agent, store: SceneStore, inputs: SceneInputs) -> np.ndarray:
+    """The agent's plan for one scene as (8, 3) float64; raises ValueError with the reason if unusable."""
+    if agent.sensors == "none" and inputs.driving_commands is not None:
+        agent_input = inputs.agent_input()  # no log access needed
+    else:
+        agent_input = store.load_agent_input(inputs.token, sensors=agent.sensors != "none",
+                                             history_sensors=agent.sensors == "history")
+    traj = agent.compute_trajectory(agent_input, inputs if agent.requires_scene else None)
+    if not isinstance(traj, Trajectory):
+        raise ValueError(f"agent returned {type(traj).__name__}, not a Trajectory")
+    poses = np.asarray(traj.poses, dtype=np.float64)
+    if poses.shape != (TRAJECTORY_POSES, 3):
+        raise ValueError(f"expected {TRAJECTORY_POSES} poses of (x, y, heading), got shape {poses.shape}")
+    if not np.all(np.isfinite(poses)):
+        raise ValueError("trajectory contains NaN or inf")
+    return poses
+
+
+@dataclass
+class _Job:
+    data: str
+    cache: str
+    log: str
+    tokens: list[str]
+    agent: Agent
+    metric: str
+
+
+_STATE: dict = {}
+
+
+def _open(job: _Job) -> tuple[SceneStore, MetricCache]:
+    key = (job.data, job.cache)
+    if _STATE.get("key") != key:
+        from latentvla.runtime.io import read_json
+
+        _STATE.update(key=key, store=SceneStore(job.data, verify_blobs=True),
+                      cache=MetricCache(Path(job.cache), read_json(Path(job.cache) / "index.json")))
+    return _STATE["store"], _STATE["cache"]
+
+
+def _score_log(job: _Job) -> list[dict]:
+    store, cache = _open(job)
+    entries = cache.load_log(job.log)
+    rows, plans = {}, {}
+    for tok in job.tokens:
+        inputs = entries[tok]
+        rows[tok] = {"token": tok, "family": inputs.family, "valid": True, "error": ""}
+        try:
+            plans[tok] = agent_plan(job.agent, store, inputs)
+        except Exception as e:  # noqa: BLE001 - any agent failure marks the scene invalid, never the run
+            rows[tok].update(valid=False, error=f"{type(e).__name__}: {e}"[:300])
+    ok = [t for t in job.tokens if t in plans]
+    if job.metric == "pdms":
+        from latentvla.eval.scene_score import score_pdms_batch
+
+        for tok, sub in zip(ok, score_pdms_batch([entries[t] for t in ok], [plans[t] for t in ok], INTERVAL)):
+            rows[tok].update(sub)
+    else:
+        from latentvla.eval.epdms import score_epdms_log
+
+        for tok, sub in zip(ok, score_epdms_log([entries[t] for t in ok], [plans[t] for t in ok], INTERVAL)):
+            rows[tok].update(sub)
+    return [rows[t] for t in job.tokens]
+
+
+def score_split(data: str | Path, agent: Agent, split: str = "test", metric: str = "pdms", workers: int = 1,
+                cache_root: str | Path | None = None, quiet: bool = False, tokens: list[str] | None = None
+                ) -> tuple[list[dict], dict]:
+    """Score ``agent`` on ``split`` (or the given subset of its ``tokens``): (rows in manifest order, summary)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric '{metric}'; valid: {list(METRICS)}")
+    data = Path(data)
+    store = SceneStore(data, verify_blobs=False)
+    in_split = store.tokens(split)
+    if tokens is not None:
+        unknown = sorted(set(tokens) - set(in_split))
+        if unknown:
+            raise KeyError(f"scene token '{unknown[0]}' is not in split '{split}' of {data}")
+        keep = set(tokens)
+        tokens = [t for t in in_split if t in keep]
+    else:
+        tokens = in_split
+    if not tokens:
+        raise ValueError(f"split '{split}' of {data} has no scenes")
+    if hasattr(agent, "check_tokens"):
+        agent.check_tokens(tokens)
+    cache = MetricCache.open(data, cache_root=cache_root, workers=workers, quiet=quiet)
+    by_log: dict[str, list[str]] = {}
+    for tok in tokens:
+        by_log.setdefault(store.info(tok)["log"], []).append(tok)
+    jobs = [_Job(str(data), str(cache.path), log, toks, agent, metric) for log, toks in by_log.items()]
+    done: dict[str, dict] = {}
+    start = time.time()
+    with progress_bar(disable=quiet) as bar:
+        task = bar.add_task(f"scoring {agent.name} ({METRICS[metric][0]})", total=len(tokens), rate="")
+        for rows in parallel_map(_score_log, jobs, workers=workers):
+            done.update({r["token"]: r for r in rows})
+            bar.update(task, advance=len(rows), rate=f"{len(done) / max(time.time() - start, 1e-9):.0f} scenes/s")
+    rows = [done[t] for t in tokens]
+    summary = summarize(rows, metric, split)
+    summary.update(agent=agent.name, data=str(data), cache_key=cache.index["key"],
+                   seconds=round(time.time() - start, 3))
+    return rows, summary
+
+
+def _mean(values: list[float]) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarize(rows: list[dict], metric: str, split: str) -> dict:
+    """Means over valid scenes (per-scene scores first, then the mean: NAVSIM's aggregation)."""
+    name, main, extra = METRICS[metric]
+    cols = [*main, *extra]
+    score = score_column(metric)
+    valid = [r for r in rows if r["valid"]]
+    families: dict[str, list[dict]] = {}
+    for r in rows:
+        families.setdefault(r["family"], []).append(r)
+    by_family = {}
+    for fam, rs in sorted(families.items()):
+        ok = [r for r in rs if r["valid"]]
+        by_family[fam] = {"scenes": len(rs), "invalid": len(rs) - len(ok), **{c: _mean([r[c] for r in ok])
+                                                                              for c in cols}}
+    with_zero = float(np.mean([r[score] if r["valid"] else 0.0 for r in rows])) if rows else None
+    return {"metric": name, "split": split, "scenes": len(rows), "invalid": len(rows) - len(valid),
+            "mean": {c: _mean([r[c] for r in valid]) for c in cols}, "by_family": by_family,
+            f"{score}_with_invalid_as_zero": with_zero}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(round(v, 6))
+    return "" if v is None else str(v)
+
+
+def write_results(rows: list[dict], summary: dict, out: str | Path, metric: str) -> Path:
+    """Per-scene CSV at ``out`` and the summary next to it (``x.csv`` -> ``x.summary.json``)."""
+    out = Path(out)
+    if out.suffix != ".csv":
+        raise ValueError(f"--out must name a .csv file, got {out}")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    cols = columns(metric)
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([_fmt(r.get(c, float("nan") if c not in ("token", "family", "error") else "")) for c in cols])
+    atomic_write_text(out, buf.getvalue())
+    summary_path = out.with_name(out.name[: -len(".csv")] + ".summary.json")
+    write_json(summary_path, summary, indent=1)
+    return summary_path
