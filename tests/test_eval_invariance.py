@@ -1,4 +1,4 @@
-"""Every sub-score is invariant to a global rotation and translation of the whole scene (property test)."""
+"""Every PDMS and EPDMS sub-score is invariant to a global rotation and translation of the whole scene (property test)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from latentvla.eval.epdms import score_epdms_log
 from latentvla.eval.scene_score import score_pdms_batch
 
 
@@ -28,11 +29,12 @@ def test_pdms_invariant_to_rigid_motion(scenes, rotation, dx, dy):
     moved = [s.transformed(rotation, np.array([dx, dy])) for s in scenes]
     for plan in ("human", "cv"):
         poses = [s.human_poses if plan == "human" else _cv(s) for s in scenes]
-        a = score_pdms_batch(scenes, poses)
-        b = score_pdms_batch(moved, poses)
-        for ra, rb in zip(a, b):
-            for key in ra:
-                assert rb[key] == pytest.approx(ra[key], abs=1e-6), (plan, key)
+        for fn in (score_pdms_batch, score_epdms_log):
+            a = fn(scenes, poses)
+            b = fn(moved, poses)
+            for ra, rb in zip(a, b):
+                for key in ra:
+                    assert rb[key] == pytest.approx(ra[key], abs=1e-6, nan_ok=True), (fn.__name__, plan, key)
 
 
 def test_transform_moves_geometry(scenes):

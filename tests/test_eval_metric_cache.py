@@ -40,13 +40,13 @@ def test_previous_token_is_the_same_log_half_a_second_earlier(tiny_cache):
 def test_resume_rebuilds_only_missing_shards_identically(tiny_cache, tiny_world, tmp_path):
     path = tmp_path / "copy"
     shutil.copytree(tiny_cache.path, path)
-    shards = sorted((path / "shards").glob("*.npz"))
+    shards = sorted((path / "shards").glob("*.bin"))
     victim = shards[1]
     original = victim.read_bytes()
     victim.unlink()
     (path / "index.json").unlink()
     index = build(tiny_world, path, MetricCacheConfig(), tiny_cache.index["key"], workers=1, quiet=True)
-    log = victim.name[: -len(".npz")]
+    log = victim.name[: -len(".bin")]
     assert index["built_scenes"] == sum(1 for v in tiny_cache.index["scenes"].values() if v == log)
     assert victim.read_bytes() == original  # deterministic bytes
 
@@ -54,7 +54,7 @@ def test_resume_rebuilds_only_missing_shards_identically(tiny_cache, tiny_world,
 def test_workers_build_identical_shards(tiny_cache, tiny_world, tmp_path):
     path = tmp_path / "w2"
     build(tiny_world, path, MetricCacheConfig(), "k", workers=2, quiet=True)
-    for shard in sorted((tiny_cache.path / "shards").glob("*.npz")):
+    for shard in sorted((tiny_cache.path / "shards").glob("*.bin")):
         assert (path / "shards" / shard.name).read_bytes() == shard.read_bytes()
 
 
@@ -76,10 +76,10 @@ def test_key_follows_data_and_config(tiny_world, tmp_path):
 def test_corrupt_shard_is_reported(tiny_cache, tmp_path):
     path = tmp_path / "corrupt"
     shutil.copytree(tiny_cache.path, path)
-    shard = sorted((path / "shards").glob("*.npz"))[0]
+    shard = sorted((path / "shards").glob("*.bin"))[0]
     shard.write_bytes(b"not a zip")
     cache = MetricCache(path, tiny_cache.index)
     with pytest.raises(DataError, match="corrupt"):
-        cache.load_log(shard.name[: -len(".npz")])
+        cache.load_log(shard.name[: -len(".bin")])
     with pytest.raises(KeyError, match="not in the metric cache"):
         cache.load("no-such-token")

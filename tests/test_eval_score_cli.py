@@ -157,3 +157,33 @@ def test_sanity_gate(runner, tiny_world, cache_dir, monkeypatch):
     monkeypatch.setitem(score_cli.SANITY_RANGES, "constant-velocity", (0.0, 0.01))
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "SANITY GATE FAILED" in res.stdout
+
+
+def test_epdms_csv_summary_and_case(runner, tiny_world, cache_dir, tmp_path):
+    out = tmp_path / "e.csv"
+    res = _score(runner, tiny_world, cache_dir, out, "--metric", "epdms")
+    assert res.exit_code == 0, res.output
+    assert out.read_text().startswith(EPDMS_HEADER + ",")
+    rows = _rows(out)
+    summary = json.loads(out.with_name("e.summary.json").read_text())
+    assert summary["metric"] == "epdms-v2" and summary["invalid"] == 0
+    assert summary["mean"]["epdms"] == pytest.approx(np.mean([float(r["epdms"]) for r in rows]), abs=1e-6)
+    with_ec = [r for r in rows if r["ec"] != ""]
+    assert 0 < len(with_ec) < len(rows)  # the first scene of each log has no predecessor: EC is NaN there
+    for r in rows:
+        mult = np.prod([float(r[k]) for k in ("nc", "dac", "ddc", "tlc")])
+        terms = {"ep": 5, "ttc": 5, "lk": 2, "hc": 2, "ec": 2}
+        used = {k: w for k, w in terms.items() if r[k] != ""}
+        expected = mult * sum(w * float(r[k]) for k, w in used.items()) / sum(used.values())
+        assert float(r["epdms"]) == pytest.approx(expected, abs=1e-6)
+    token = with_ec[0]["token"]
+    case = tmp_path / "e_case.json"
+    res = runner.invoke(app, ["score", "--dump-case", token, "--data", str(tiny_world), "--agent", "log-replay",
+                              "--metric", "epdms", "--out", str(case), "--cache-dir", str(cache_dir), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(case.read_text())["previous"] is not None
+    res = runner.invoke(app, ["score", "--case", str(case)])
+    assert res.exit_code == 0, res.output
+    scores = json.loads(res.stdout.strip().splitlines()[-1])
+    for key in ("nc", "dac", "ddc", "tlc", "ep", "ttc", "lk", "hc", "ec", "epdms"):
+        assert scores[key] == pytest.approx(float(with_ec[0][key]), abs=1e-6), key

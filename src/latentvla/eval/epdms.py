@@ -37,7 +37,7 @@ from latentvla.eval.comfort import (
     jerk_signal,
     yaw_signal,
 )
-from latentvla.eval.interpolate import _interp_linear, trajectory_states_batch
+from latentvla.eval.interpolate import interp_linear, trajectory_states_batch
 from latentvla.eval.observation import Tracks
 from latentvla.eval.pdm_metrics import (
     DrivableMap,
@@ -234,9 +234,10 @@ def history_states(past_states: np.ndarray | None, past_times_s: np.ndarray | No
     knots = times_us.astype(np.float64)
     linear = [StateIndex.X, StateIndex.Y, StateIndex.VELOCITY_X, StateIndex.VELOCITY_Y,
               StateIndex.ACCELERATION_X, StateIndex.ACCELERATION_Y, StateIndex.STEERING_ANGLE]
-    out[:, linear] = _interp_linear(knots, past[None][..., linear], query.astype(np.float64))[0]
+    q = query.astype(np.float64)[None]
+    out[:, linear] = interp_linear(knots[None], past[None][..., linear], q)[0]
     heading = np.unwrap(past[:, StateIndex.HEADING])[None, :, None]
-    out[:, StateIndex.HEADING] = principal_value(_interp_linear(knots, heading, query.astype(np.float64)))[0, :, 0]
+    out[:, StateIndex.HEADING] = principal_value(interp_linear(knots[None], heading, q))[0, :, 0]
     return out
 
 
@@ -363,16 +364,7 @@ def sub_scores_v2(inputs: SceneInputs, states: np.ndarray, tracks: Tracks | None
     }
 
 
-def score_proposals_v2(inputs: SceneInputs, poses: np.ndarray, interval: float = 0.5,
-                       previous_states: np.ndarray | None = None, previous_dt_s: float = 0.5,
-                       human_filter: bool = True) -> dict:
-    """Score one agent plan (N, 3) of one scene with EPDMS; rows are [reference (if cached), agent, human].
-
-    Returns (P,) arrays for ``EPDMS_KEYS`` and the simulated ``states`` (P, 41, 11) (keep the agent's row as the
-    next frame's ``previous_states``), plus ``roles``, ``agent_index`` and ``filtered`` (keys the human filter
-    reset). EP is normalised over [reference, agent] as NAVSIM stacks them; the human is scored on its own as in
-    ``pdm_score`` (so its EP is 1), and only the agent row is filtered. EC is filled for the agent only.
-    """
+def _v2_plans(inputs: SceneInputs, poses: np.ndarray, interval: float) -> tuple[list, list[str]]:
     agent = np.asarray(poses, dtype=np.float64)
     agent = agent[0] if agent.ndim == 3 and len(agent) == 1 else agent
     if agent.ndim != 2 or agent.shape[1] != 3:
@@ -384,9 +376,30 @@ def score_proposals_v2(inputs: SceneInputs, poses: np.ndarray, interval: float =
         roles.append("reference")
     plans += [(agent, interval), (inputs.human_poses, HUMAN_INTERVAL)]
     roles += ["agent", "human"]
-    reference = np.concatenate([trajectory_states_batch(inputs.initial_state, np.asarray(p, dtype=np.float64)[None],
-                                                        iv, t0_us=inputs.t0_us) for p, iv in plans])
-    states = simulate(inputs.initial_state, reference)
+    return plans, roles
+
+
+def score_proposals_v2(inputs: SceneInputs, poses: np.ndarray, interval: float = 0.5,
+                       previous_states: np.ndarray | None = None, previous_dt_s: float = 0.5,
+                       human_filter: bool = True) -> dict:
+    """Score one agent plan (N, 3) of one scene with EPDMS; rows are [reference (if cached), agent, human].
+
+    Returns (P,) arrays for ``EPDMS_KEYS`` and the simulated ``states`` (P, 41, 11) (keep the agent's row as the
+    next frame's ``previous_states``), plus ``roles``, ``agent_index`` and ``filtered`` (keys the human filter
+    reset). EP is normalised over [reference, agent] as NAVSIM stacks them; the human is scored on its own as in
+    ``pdm_score`` (so its EP is 1), and only the agent row is filtered. EC is filled for the agent only.
+    """
+    from latentvla.eval.scene_score import simulate_plans
+
+    plans, roles = _v2_plans(inputs, poses, interval)
+    states = simulate_plans([inputs], [plans])[0]
+    return score_states_v2(inputs, states, roles, previous_states, previous_dt_s, human_filter)
+
+
+def score_states_v2(inputs: SceneInputs, states: np.ndarray, roles: list[str],
+                    previous_states: np.ndarray | None = None, previous_dt_s: float = 0.5,
+                    human_filter: bool = True) -> dict:
+    """The EPDMS rows of already simulated proposals (see ``score_proposals_v2``)."""
     sub = sub_scores_v2(inputs, states)
 
     a, h = roles.index("agent"), roles.index("human")
@@ -436,16 +449,21 @@ def score_epdms_case(inputs: SceneInputs, poses: np.ndarray, interval: float = 0
 
 def score_epdms_log(scenes: list[SceneInputs], poses: list[np.ndarray], interval: float = 0.5
                     ) -> list[dict[str, float]]:
-    """EPDMS of one agent plan per scene of one log, in time order, so each scene's extended comfort (EC) compares
-    the agent's simulated states with those of its predecessor 0.5 s earlier (NaN where it has none)."""
-    order = sorted(range(len(scenes)), key=lambda i: scenes[i].t0_us)
+    """EPDMS of one agent plan per scene (any number of logs). All proposals are simulated in one batch; scenes
+    are then scored in time order so each one's extended comfort (EC) compares the agent's simulated states with
+    those of its predecessor 0.5 s earlier in the same log (NaN where the predecessor is not in ``scenes``)."""
+    from latentvla.eval.scene_score import simulate_plans
+
+    setup = [_v2_plans(s, p, interval) for s, p in zip(scenes, poses)]
+    states = simulate_plans(scenes, [plans for plans, _ in setup])
+    order = sorted(range(len(scenes)), key=lambda i: (scenes[i].log_name, scenes[i].t0_us))
     agent_states: dict[str, tuple[np.ndarray, int]] = {}
     out: list[dict[str, float] | None] = [None] * len(scenes)
     for i in order:
         s = scenes[i]
         prev = agent_states.get(s.previous_token) if s.previous_token else None
-        res = score_proposals_v2(s, poses[i], interval, previous_states=None if prev is None else prev[0],
-                                 previous_dt_s=0.5 if prev is None else (s.t0_us - prev[1]) * 1e-6)
+        res = score_states_v2(s, states[i], setup[i][1], previous_states=None if prev is None else prev[0],
+                              previous_dt_s=0.5 if prev is None else (s.t0_us - prev[1]) * 1e-6)
         agent_states[s.token] = (res["states"][res["agent_index"]], s.t0_us)
         out[i] = _agent_row(res)
     return out  # type: ignore[return-value]

@@ -34,10 +34,19 @@ _LINEAR = (
 
 
 def relative_to_absolute(origin: np.ndarray, poses_local: np.ndarray) -> np.ndarray:
-    """(..., N, 3) relative (x, y, heading) -> global, composing 3x3 SE(2) matrices like nuPlan does."""
+    """(..., N, 3) relative (x, y, heading) -> global, composing 3x3 SE(2) matrices like nuPlan does.
+
+    ``origin`` is one pose (3,) or one per leading row of ``poses_local`` (B, 3) for (B, N, 3) poses.
+    """
     poses = np.asarray(poses_local, dtype=np.float64)
-    x0, y0, h0 = (float(v) for v in np.asarray(origin, dtype=np.float64)[:3])
-    origin_m = np.array([[np.cos(h0), -np.sin(h0), x0], [np.sin(h0), np.cos(h0), y0], [0.0, 0.0, 1.0]])
+    origin = np.asarray(origin, dtype=np.float64)[..., :3]
+    x0, y0, h0 = origin[..., 0], origin[..., 1], origin[..., 2]
+    origin_m = np.zeros(origin.shape[:-1] + (3, 3))
+    origin_m[..., 0, 0], origin_m[..., 0, 1], origin_m[..., 0, 2] = np.cos(h0), -np.sin(h0), x0
+    origin_m[..., 1, 0], origin_m[..., 1, 1], origin_m[..., 1, 2] = np.sin(h0), np.cos(h0), y0
+    origin_m[..., 2, 2] = 1.0
+    if origin.ndim == 2:
+        origin_m = origin_m[:, None]
     c, s = np.cos(poses[..., 2]), np.sin(poses[..., 2])
     rel = np.zeros((*poses.shape[:-1], 3, 3), dtype=np.float64)
     rel[..., 0, 0], rel[..., 0, 1], rel[..., 0, 2] = c, -s, poses[..., 0]
@@ -66,17 +75,66 @@ def sample_timestamps_us(num_states: int = NUM_STATES, dt: float = DT, t0_us: in
     return np.array([int(t * 1e6) for t in times_s.tolist()], dtype=np.int64)
 
 
-def _interp_linear(x: np.ndarray, y: np.ndarray, x_new: np.ndarray) -> np.ndarray:
-    """scipy ``interp1d(kind='linear')._call_linear`` arithmetic, batched over the leading axis of ``y``.
+def interp_linear(x: np.ndarray, y: np.ndarray, x_new: np.ndarray) -> np.ndarray:
+    """scipy ``interp1d(kind='linear')._call_linear`` arithmetic, row by row.
 
-    x: (K,) increasing knots, y: (B, K, C), x_new: (S,) within [x[0], x[-1]] -> (B, S, C).
+    x: (B, K) increasing knots, y: (B, K, C), x_new: (B, S) within [x[:, 0], x[:, -1]] -> (B, S, C).
     """
-    idx = np.clip(np.searchsorted(x, x_new), 1, len(x) - 1)
+    k = x.shape[1]
+    idx = np.clip((x[:, None, :] < x_new[:, :, None]).sum(-1), 1, k - 1)  # searchsorted(side="left") per row
+    rows = np.arange(len(x))[:, None]
     lo, hi = idx - 1, idx
-    x_lo, x_hi = x[lo], x[hi]
-    y_lo, y_hi = y[:, lo], y[:, hi]
-    slope = (y_hi - y_lo) / (x_hi - x_lo)[None, :, None]
-    return slope * (x_new - x_lo)[None, :, None] + y_lo
+    x_lo, x_hi = x[rows, lo], x[rows, hi]
+    y_lo, y_hi = y[rows, lo], y[rows, hi]
+    slope = (y_hi - y_lo) / (x_hi - x_lo)[..., None]
+    return slope * (x_new - x_lo)[..., None] + y_lo
+
+
+def trajectory_states_multi(
+    initial_states: np.ndarray,
+    poses_local: np.ndarray,
+    interval: float = 0.5,
+    t0_us: np.ndarray | int = 0,
+    num_states: int = NUM_STATES,
+    dt: float = DT,
+) -> np.ndarray:
+    """(B, N, 3) relative plans, each with its own initial state (B, 11) and start time (B,) µs -> (B, num_states,
+    11) reference states. Lets the scorer interpolate the plans of many scenes in one call."""
+    init = np.asarray(initial_states, dtype=np.float64)
+    poses = np.asarray(poses_local, dtype=np.float64)
+    if poses.ndim != 3 or poses.shape[-1] != 3 or poses.shape[1] < 1:
+        raise ValueError(f"poses_local must have shape (B, N>=1, 3), got {poses.shape}")
+    batch, n_poses, _ = poses.shape
+    init = np.broadcast_to(init, (batch, STATE_SIZE)) if init.shape == (STATE_SIZE,) else init
+    if init.shape != (batch, STATE_SIZE):
+        raise ValueError(f"initial_states must have shape ({batch}, {STATE_SIZE}) or ({STATE_SIZE},), got {init.shape}")
+    t0 = np.broadcast_to(np.asarray(t0_us, dtype=np.int64), (batch,))
+
+    absolute = relative_to_absolute(init[:, StateIndex.X : StateIndex.HEADING + 1], poses)  # (B, N, 3)
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    knots_us = np.empty((batch, n_poses + 1))
+    query = np.empty((batch, num_states))
+    for b, t in enumerate(t0.tolist()):  # µs time grids (float round trips depend on t0): once per start time
+        if t not in cache:
+            knots = np.concatenate([[t], plan_timestamps_us(n_poses, interval, t)]).astype(np.float64)
+            cache[t] = (knots, np.clip(sample_timestamps_us(num_states, dt, t), knots[0], knots[-1]).astype(float))
+        knots_us[b], query[b] = cache[t]
+
+    linear = np.zeros((batch, n_poses + 1, len(_LINEAR)), dtype=np.float64)
+    linear[:, 0] = init[:, list(_LINEAR)]
+    linear[:, 1:, 0] = absolute[..., 0]
+    linear[:, 1:, 1] = absolute[..., 1]  # velocity, acceleration, steering of the plan poses stay 0
+
+    headings = np.concatenate([init[:, None, StateIndex.HEADING], absolute[..., 2]], axis=1)
+    headings = np.unwrap(headings, axis=1)[..., None]
+
+    lin = interp_linear(knots_us, linear, query)
+    ang = principal_value(interp_linear(knots_us, headings, query))[..., 0]
+
+    out = np.zeros((batch, num_states, STATE_SIZE), dtype=np.float64)
+    out[..., list(_LINEAR)] = lin
+    out[..., StateIndex.HEADING] = ang
+    return out
 
 
 def trajectory_states_batch(
@@ -89,32 +147,9 @@ def trajectory_states_batch(
 ) -> np.ndarray:
     """(B, N, 3) relative plans sharing one initial state (11,) -> (B, num_states, 11) reference states."""
     init = np.asarray(initial_state, dtype=np.float64)
-    poses = np.asarray(poses_local, dtype=np.float64)
     if init.shape != (STATE_SIZE,):
         raise ValueError(f"initial_state must have shape ({STATE_SIZE},), got {init.shape}")
-    if poses.ndim != 3 or poses.shape[-1] != 3 or poses.shape[1] < 1:
-        raise ValueError(f"poses_local must have shape (B, N>=1, 3), got {poses.shape}")
-    batch, n_poses, _ = poses.shape
-
-    absolute = relative_to_absolute(init[StateIndex.X : StateIndex.HEADING + 1], poses)  # (B, N, 3)
-    knots_us = np.concatenate([[int(t0_us)], plan_timestamps_us(n_poses, interval, t0_us)]).astype(np.float64)
-
-    linear = np.zeros((batch, n_poses + 1, len(_LINEAR)), dtype=np.float64)
-    linear[:, 0] = init[list(_LINEAR)]
-    linear[:, 1:, 0] = absolute[..., 0]
-    linear[:, 1:, 1] = absolute[..., 1]  # velocity, acceleration, steering of the plan poses stay 0
-
-    headings = np.concatenate([np.full((batch, 1), init[StateIndex.HEADING]), absolute[..., 2]], axis=1)
-    headings = np.unwrap(headings, axis=1)[..., None]
-
-    query = np.clip(sample_timestamps_us(num_states, dt, t0_us), knots_us[0], knots_us[-1]).astype(np.float64)
-    lin = _interp_linear(knots_us, linear, query)
-    ang = principal_value(_interp_linear(knots_us, headings, query))[..., 0]
-
-    out = np.zeros((batch, num_states, STATE_SIZE), dtype=np.float64)
-    out[..., list(_LINEAR)] = lin
-    out[..., StateIndex.HEADING] = ang
-    return out
+    return trajectory_states_multi(init, poses_local, interval, t0_us, num_states, dt)
 
 
 def trajectory_states(

@@ -1,7 +1,7 @@
 """The metric cache: every scene's ``SceneInputs`` (map geometry near the ego, agents' boxes, route, lights, the
 PDM-Closed reference plan) computed once and stored next to the dataset, so scoring never touches the logs again.
 
-Layout ``<cache_root>/<key>/``: ``shards/<log>.npz`` (one per log; the log's drivable polygons stored once and
+Layout ``<cache_root>/<key>/``: ``shards/<log>.bin`` (one per log; the log's drivable polygons stored once and
 referenced by the scenes) and ``index.json`` (written last: its presence marks a complete cache). The key is
 ``<dataset digest>-<config hash>``: the digest covers ``manifest.json`` and every log's ``SHA256SUMS``, the hash the
 ``MetricCacheConfig`` (scorer/cache format version and reference-planner settings), so a changed dataset or a new
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +27,10 @@ from latentvla.data.store import DataError, SceneStore
 from latentvla.eval.observation import Tracks
 from latentvla.eval.pdm_metrics import DrivableMap
 from latentvla.eval.scene_inputs import V1_FUTURE_FRAMES, RedLights, SceneInputs, Sighting, scene_inputs
-from latentvla.runtime.io import atomic_write_bytes, load_npz, npz_bytes, read_json, write_json
+from latentvla.runtime.io import atomic_write_bytes, read_json, write_json
 from latentvla.runtime.parallel import parallel_map, progress_bar
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 @dataclass
@@ -62,9 +64,11 @@ def cache_key(root: Path, cfg: MetricCacheConfig) -> str:
 
 
 # --- shards ---------------------------------------------------------------------------------------------------
-# A shard is one deterministic .npz per log: numeric fields of all its scenes concatenated per field (with
-# per-scene lengths), the log's polygons once as WKB (exact doubles), and a small JSON header for the strings.
-# Loading is a zip read plus array slicing; no per-number text parsing (the cache is read far more than written).
+# A shard is one deterministic file per log: numeric fields of all its scenes concatenated per field (with
+# per-scene lengths), the log's polygons once as WKB (exact doubles), and a JSON header for the strings and the
+# array table. Layout: b"LVMC" + uint64 header length + header JSON + zlib(all array bytes). Loading is one
+# decompression plus zero-copy views; no per-number text parsing (the cache is read far more than written).
+_MAGIC = b"LVMC"
 _TRACK_FIELDS = ("x", "y", "heading", "vx", "vy", "valid", "length", "width")
 
 
@@ -116,9 +120,29 @@ def _encode_shard(log: str, entries: list[SceneInputs]) -> bytes:
     wkb = [shapely.to_wkb(g, byte_order=1) for g in polys]
     out["wkb"] = np.frombuffer(b"".join(wkb), dtype=np.uint8)
     out["wkb#n"] = np.array([len(w) for w in wkb], dtype=np.int64)
-    header = {"format": CACHE_FORMAT, "log": log, "scenes": [r[1] for r in records]}
-    out["header"] = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
-    return npz_bytes(out)
+    table, chunks, offset = {}, [], 0
+    for key in sorted(out):
+        a = np.ascontiguousarray(out[key])
+        table[key] = [a.dtype.str, list(a.shape), offset]
+        chunks.append(a.tobytes())
+        offset += a.nbytes
+    header = json.dumps({"format": CACHE_FORMAT, "log": log, "scenes": [r[1] for r in records], "arrays": table},
+                        sort_keys=True).encode()
+    return _MAGIC + struct.pack("<Q", len(header)) + header + zlib.compress(b"".join(chunks), 1)
+
+
+def _read_shard(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    if data[:4] != _MAGIC:
+        raise ValueError("not a metric cache shard (bad magic)")
+    (n,) = struct.unpack("<Q", data[4:12])
+    header = json.loads(data[12:12 + n])
+    blob = zlib.decompress(data[12 + n:])
+    arrays = {}
+    for key, (dtype, shape, offset) in header.pop("arrays").items():
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape))
+        arrays[key] = np.frombuffer(blob, dtype=dt, count=count, offset=offset).reshape(shape)
+    return header, arrays
 
 
 def _split(arrays: dict[str, np.ndarray], key: str) -> list[np.ndarray]:
@@ -127,8 +151,7 @@ def _split(arrays: dict[str, np.ndarray], key: str) -> list[np.ndarray]:
 
 def _decode_shard(data: bytes, path: Path) -> dict[str, SceneInputs]:
     try:
-        arrays = load_npz(data)
-        header = json.loads(arrays["header"].tobytes())
+        header, arrays = _read_shard(data)
         raw = arrays["wkb"].tobytes()
         ends = np.cumsum(arrays["wkb#n"])
         geoms = shapely.from_wkb([raw[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)])
@@ -144,14 +167,14 @@ def _decode_shard(data: bytes, path: Path) -> dict[str, SceneInputs]:
         bounds = np.concatenate([[0], np.cumsum(c["sight_counts"])])
         sightings = [Sighting(float(t), list(tok), list(nm), c["sight_boxes"][bounds[f]:bounds[f + 1]])
                      for f, (t, tok, nm) in enumerate(zip(c["sight_times"], h["sight_tokens"], h["sight_names"]))]
-        drivable = DrivableMap([geoms[k] for k in c["drivable_idx"]], list(h["drivable_kinds"]),
+        drivable = DrivableMap(list(geoms[c["drivable_idx"]]), list(h["drivable_kinds"]),
                                list(h["drivable_ids"]), c["on_route"])
         inputs = SceneInputs(
             token=h["token"], log_name=h["log_name"], family=h["family"], t0_us=int(h["t0_us"]),
             initial_state=c["initial_state"][0], sightings=sightings, drivable=drivable,
             route_roadblocks=list(h["route_roadblocks"]), centerline=c["centerline"],
             speed_limit=float(h["speed_limit"]),
-            red_lights=RedLights(list(h["red_lane_ids"]), [geoms[k] for k in c["red_idx"]], c["red"]),
+            red_lights=RedLights(list(h["red_lane_ids"]), list(geoms[c["red_idx"]]), c["red"]),
             human_poses=c["human_poses"], past_states=c["past_states"], past_times_s=c["past_times_s"],
             reference_poses=c["reference_poses"] if len(c["reference_poses"]) else None,
             previous_token=h["previous_token"],
@@ -199,7 +222,7 @@ def build_log_entries(store: SceneStore, tokens: list[str]) -> list[SceneInputs]
 
 def _build_log(job: _LogJob) -> tuple[str, int]:
     entries = build_log_entries(_store(job.data), job.tokens)
-    atomic_write_bytes(Path(job.out) / "shards" / f"{job.log}.npz", _encode_shard(job.log, entries))
+    atomic_write_bytes(Path(job.out) / "shards" / f"{job.log}.bin", _encode_shard(job.log, entries))
     return job.log, len(entries)
 
 
@@ -240,7 +263,7 @@ class MetricCache:
         if log not in self._loaded:
             if len(self._loaded) >= 16:
                 self._loaded.pop(next(iter(self._loaded)))
-            path = self.path / "shards" / f"{log}.npz"
+            path = self.path / "shards" / f"{log}.bin"
             if not path.is_file():
                 raise DataError(f"metric cache shard {path} is missing; delete {self.path} to rebuild the cache")
             self._loaded[log] = _decode_shard(path.read_bytes(), path)
@@ -257,7 +280,7 @@ def build(data: Path, path: Path, cfg: MetricCacheConfig, key: str, workers: int
     for s in store.manifest["scenes"]:
         by_log.setdefault(s["log"], []).append(s["token"])
     todo = [_LogJob(str(data), log, toks, str(path)) for log, toks in sorted(by_log.items())
-            if not (path / "shards" / f"{log}.npz").is_file()]
+            if not (path / "shards" / f"{log}.bin").is_file()]
     done = len(store) - sum(len(j.tokens) for j in todo)
     start, built = time.time(), 0
     with progress_bar(disable=quiet) as bar:

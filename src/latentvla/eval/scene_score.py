@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from latentvla.eval.comfort import comfort
-from latentvla.eval.interpolate import trajectory_states_batch
+from latentvla.eval.interpolate import trajectory_states_multi
 from latentvla.eval.pdm_metrics import (
     drivable_area_compliance,
     driving_direction_compliance,
@@ -24,6 +24,7 @@ from latentvla.eval.pdm_metrics import (
     time_to_collision,
 )
 from latentvla.eval.scene_inputs import REFERENCE_INTERVAL, SceneInputs, scene_inputs
+from latentvla.eval.state import NUM_STATES, STATE_SIZE
 from latentvla.eval.tracker import simulate
 
 __all__ = ["SceneInputs", "scene_inputs", "score_proposals", "score_pdms_batch", "simulate_plans"]
@@ -31,21 +32,30 @@ __all__ = ["SceneInputs", "scene_inputs", "score_proposals", "score_pdms_batch",
 PDMS_KEYS = ("nc", "dac", "ddc", "ttc", "ep", "c", "pdms")
 
 
-def plan_references(inputs: SceneInputs, plans: list[tuple[np.ndarray, float]]) -> np.ndarray:
-    """Interpolate several (poses (N, 3), interval) plans of one scene to (P, 41, 11) reference states."""
-    return np.concatenate([trajectory_states_batch(inputs.initial_state, np.asarray(p, dtype=np.float64)[None],
-                                                   interval, t0_us=inputs.t0_us) for p, interval in plans])
+def plan_references(scenes: list[SceneInputs], plans: list[list[tuple[np.ndarray, float]]]) -> np.ndarray:
+    """Interpolate every (poses (N, 3), interval) plan of every scene to reference states, (sum P_i, 41, 11) in
+    scene-major order; plans of the same shape and interval are interpolated in one vectorised call."""
+    flat = [(k, p) for k, ps in enumerate(plans) for p in ps]
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, (poses, interval)) in enumerate(flat):
+        groups.setdefault((np.shape(poses), float(interval)), []).append(i)
+    out = np.empty((len(flat), NUM_STATES, STATE_SIZE))
+    for (_, interval), rows in groups.items():
+        owners = [scenes[flat[i][0]] for i in rows]
+        out[rows] = trajectory_states_multi(np.stack([s.initial_state for s in owners]),
+                                            np.stack([np.asarray(flat[i][1][0], dtype=np.float64) for i in rows]),
+                                            interval, np.array([s.t0_us for s in owners], dtype=np.int64))
+    return out
 
 
 def simulate_plans(scenes: list[SceneInputs], plans: list[list[tuple[np.ndarray, float]]]) -> list[np.ndarray]:
     """One batched LQR + bicycle simulation for the plans of many scenes; returns (P_i, 41, 11) per scene."""
-    refs = [plan_references(s, p) for s, p in zip(scenes, plans)]
-    if not refs:
+    if not scenes:
         return []
-    init = np.concatenate([np.broadcast_to(s.initial_state, (len(r), len(s.initial_state)))
-                           for s, r in zip(scenes, refs)])
-    states = simulate(init, np.concatenate(refs))
-    return np.split(states, np.cumsum([len(r) for r in refs])[:-1])
+    refs = plan_references(scenes, plans)
+    init = np.concatenate([np.broadcast_to(s.initial_state, (len(p), STATE_SIZE)) for s, p in zip(scenes, plans)])
+    states = simulate(init, refs)
+    return np.split(states, np.cumsum([len(p) for p in plans])[:-1])
 
 
 def pdms_from_states(inputs: SceneInputs, states: np.ndarray, c: np.ndarray | None = None,
