@@ -82,6 +82,10 @@ def test_demo_quick(runner, tmp_path):
     assert (out / "world_stats.png").is_file() and (out / "config.yaml").is_file()
     assert summary["gallery"] and all(cv2.imread(p) is not None for p in summary["gallery"])
     assert summary["provenance"]["inputs"]["manifest"]
+    assert set(summary["scores"]) == {"log-replay", "pdm-closed", "constant-velocity"}
+    for scores in summary["scores"].values():
+        assert 0.0 <= scores["pdms-v1.1"] <= 1.0 and 0.0 <= scores["epdms-v2"] <= 1.0
+    assert (out / "eval" / "log-replay.pdms.csv").is_file() and (out / "eval" / "pdm-closed.epdms.summary.json").is_file()
     # Running it again resumes (nothing regenerated) and succeeds.
     r = runner.invoke(app, ["demo", "--out", str(out), "--profile", "quick", "--scenes", "14", "--workers", "1"])
     assert r.exit_code == 0, r.output

@@ -44,16 +44,15 @@ def test_resume_rebuilds_only_missing_shards_identically(tiny_cache, tiny_world,
     victim = shards[1]
     original = victim.read_bytes()
     victim.unlink()
-    (path / "index.json").unlink()
-    index = build(tiny_world, path, MetricCacheConfig(), tiny_cache.index["key"], workers=1, quiet=True)
+    stats = build(tiny_world, path, workers=1, quiet=True)
     log = victim.name[: -len(".bin")]
-    assert index["built_scenes"] == sum(1 for v in tiny_cache.index["scenes"].values() if v == log)
+    assert stats["built_scenes"] == sum(1 for v in tiny_cache.index["scenes"].values() if v == log)
     assert victim.read_bytes() == original  # deterministic bytes
 
 
 def test_workers_build_identical_shards(tiny_cache, tiny_world, tmp_path):
     path = tmp_path / "w2"
-    build(tiny_world, path, MetricCacheConfig(), "k", workers=2, quiet=True)
+    build(tiny_world, path, workers=2, quiet=True)
     for shard in sorted((tiny_cache.path / "shards").glob("*.bin")):
         assert (path / "shards" / shard.name).read_bytes() == shard.read_bytes()
 
@@ -71,6 +70,15 @@ def test_key_follows_data_and_config(tiny_world, tmp_path):
     sums.write_text(sums.read_text().replace("0", "1", 1))
     assert dataset_digest(copy) != before
     assert cache_key(tiny_world, MetricCacheConfig()) != cache_key(tiny_world, MetricCacheConfig(map_radius=50.0))
+
+
+def test_only_the_requested_logs_are_built(tiny_world, tiny_store, tmp_path):
+    tokens = tiny_store.tokens("test")
+    cache = MetricCache.open(tiny_world, cache_root=tmp_path, workers=1, quiet=True, tokens=tokens)
+    built = {p.name[: -len(".bin")] for p in (cache.path / "shards").glob("*.bin")}
+    assert built == {tiny_store.info(t)["log"] for t in tokens}
+    assert cache.ensure(tokens) == 0  # nothing left to do
+    assert cache.load(tokens[0]).token == tokens[0]
 
 
 def test_corrupt_shard_is_reported(tiny_cache, tmp_path):

@@ -227,27 +227,44 @@ def _build_log(job: _LogJob) -> tuple[str, int]:
 
 
 class MetricCache:
-    """Read side: ``MetricCache.open(data)`` builds the cache if needed, then ``load(token)`` per scene."""
+    """``MetricCache.open(data)`` then ``ensure(tokens)`` (builds the missing shards of those scenes' logs, in
+    parallel, with a progress bar) and ``load(token)``. Shards are built per log on first use, so scoring the test
+    split never pays for caching the training split."""
 
-    def __init__(self, path: Path, index: dict):
+    def __init__(self, path: Path, index: dict, data: Path | None = None):
         self.path = Path(path)
         self.index = index
+        self.data = data
         self._shard_of: dict[str, str] = index["scenes"]
         self._loaded: dict[str, dict[str, SceneInputs]] = {}
 
     @classmethod
     def open(cls, data: str | Path, cfg: MetricCacheConfig | None = None, cache_root: str | Path | None = None,
-             workers: int = 1, quiet: bool = False) -> MetricCache:
+             workers: int = 1, quiet: bool = False, tokens: list[str] | None = None) -> MetricCache:
+        """Open (creating the index if needed) and build the shards ``tokens`` need (all scenes if None)."""
         data = Path(data)
         cfg = cfg or MetricCacheConfig()
         key = cache_key(data, cfg)
         path = Path(cache_root or data / "metric_cache") / key
         if not (path / "index.json").is_file():
-            build(data, path, cfg, key, workers=workers, quiet=quiet)
+            store = SceneStore(data, verify_blobs=False)
+            write_json(path / "index.json", {"key": key, "config": to_dict(cfg), "dataset": str(data.name),
+                                             "scenes": {s["token"]: s["log"] for s in store.manifest["scenes"]}})
         index = read_json(path / "index.json")
         if index.get("key") != key:
             raise DataError(f"metric cache {path} belongs to {index.get('key')}, not {key}; delete it to rebuild")
-        return cls(path, index)
+        cache = cls(path, index, data)
+        cache.ensure(tokens, workers=workers, quiet=quiet)
+        return cache
+
+    def ensure(self, tokens: list[str] | None = None, workers: int = 1, quiet: bool = False) -> int:
+        """Build the missing shards of the logs of ``tokens`` (all if None); returns the number of scenes built."""
+        logs = sorted({self.log_of(t) for t in (self.tokens if tokens is None else tokens)})
+        if all((self.path / "shards" / f"{log}.bin").is_file() for log in logs):
+            return 0
+        if self.data is None:
+            raise DataError(f"metric cache {self.path} lacks shards and was opened without its dataset")
+        return build(self.data, self.path, workers=workers, quiet=quiet, logs=logs)["built_scenes"]
 
     @property
     def tokens(self) -> list[str]:
@@ -265,7 +282,7 @@ class MetricCache:
                 self._loaded.pop(next(iter(self._loaded)))
             path = self.path / "shards" / f"{log}.bin"
             if not path.is_file():
-                raise DataError(f"metric cache shard {path} is missing; delete {self.path} to rebuild the cache")
+                raise DataError(f"metric cache shard {path} is missing; run `latentvla score` again to build it")
             self._loaded[log] = _decode_shard(path.read_bytes(), path)
         return self._loaded[log]
 
@@ -273,23 +290,21 @@ class MetricCache:
         return self.load_log(self.log_of(token))[token]
 
 
-def build(data: Path, path: Path, cfg: MetricCacheConfig, key: str, workers: int = 1, quiet: bool = False) -> dict:
-    """Compute every missing shard (resumable), then write ``index.json``."""
+def build(data: Path, path: Path, workers: int = 1, quiet: bool = False, logs: list[str] | None = None) -> dict:
+    """Compute the missing shards of ``logs`` (all logs if None); resumable (each shard is written atomically)."""
     store = SceneStore(data, verify_blobs=False)
     by_log: dict[str, list[str]] = {}
     for s in store.manifest["scenes"]:
         by_log.setdefault(s["log"], []).append(s["token"])
-    todo = [_LogJob(str(data), log, toks, str(path)) for log, toks in sorted(by_log.items())
+    wanted = sorted(by_log) if logs is None else sorted(logs)
+    todo = [_LogJob(str(data), log, by_log[log], str(path)) for log in wanted
             if not (path / "shards" / f"{log}.bin").is_file()]
-    done = len(store) - sum(len(j.tokens) for j in todo)
+    total = sum(len(by_log[log]) for log in wanted)
     start, built = time.time(), 0
     with progress_bar(disable=quiet) as bar:
-        task = bar.add_task("building metric cache", total=len(store), completed=done, rate="")
+        task = bar.add_task("building metric cache", total=total, completed=total - sum(len(j.tokens) for j in todo),
+                            rate="")
         for _, n in parallel_map(_build_log, todo, workers=workers):
             built += n
             bar.update(task, advance=n, rate=f"{built / max(time.time() - start, 1e-9):.1f} scenes/s")
-    index = {"key": key, "config": to_dict(cfg), "dataset": str(data.name),
-             "scenes": {tok: log for log, toks in sorted(by_log.items()) for tok in toks},
-             "build_seconds": round(time.time() - start, 3), "built_scenes": built}
-    write_json(path / "index.json", index)
-    return index
+    return {"built_scenes": built, "build_seconds": round(time.time() - start, 3)}

@@ -131,7 +131,7 @@ def score_split(data: str | Path, agent: Agent, split: str = "test", metric: str
         raise ValueError(f"split '{split}' of {data} has no scenes")
     if hasattr(agent, "check_tokens"):
         agent.check_tokens(tokens)
-    cache = MetricCache.open(data, cache_root=cache_root, workers=workers, quiet=quiet)
+    cache = MetricCache.open(data, cache_root=cache_root, workers=workers, quiet=quiet, tokens=tokens)
     by_log: dict[str, list[str]] = {}
     for tok in tokens:
         by_log.setdefault(store.info(tok)["log"], []).append(tok)

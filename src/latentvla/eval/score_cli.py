@@ -61,7 +61,7 @@ def _scene_and_plan(data: Path, agent_spec: str, token: str, cache_dir: Path | N
     from latentvla.eval.metric_cache import MetricCache
     from latentvla.eval.runner import agent_plan
 
-    cache = MetricCache.open(data, cache_root=cache_dir, workers=workers)
+    cache = MetricCache.open(data, cache_root=cache_dir, workers=workers, tokens=[token])
     inputs = cache.load(token)
     agent = load_agent(agent_spec)
     store = SceneStore(data)
