@@ -145,17 +145,14 @@ def _read_shard(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     return header, arrays
 
 
-def _split(arrays: dict[str, np.ndarray], key: str) -> list[np.ndarray]:
-    return np.split(arrays[key], np.cumsum(arrays[key + "#n"])[:-1])
-
-
 def _decode_shard(data: bytes, path: Path) -> dict[str, SceneInputs]:
     try:
         header, arrays = _read_shard(data)
         raw = arrays["wkb"].tobytes()
         ends = np.cumsum(arrays["wkb#n"])
         geoms = shapely.from_wkb([raw[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)])
-        cols = {k[:-2]: _split(arrays, k[:-2]) for k in arrays if k.endswith("#n") and k != "wkb#n"}
+        cols = {k[:-2]: (arrays[k[:-2]], np.concatenate([[0], np.cumsum(arrays[k])]).tolist())
+                for k in arrays if k.endswith("#n") and k != "wkb#n"}
     except Exception as e:  # zip / npy / json / wkb errors all mean the same thing
         raise DataError(f"metric cache shard {path} is corrupt ({type(e).__name__}: {e}); delete the cache "
                         f"directory to rebuild it") from None
@@ -163,9 +160,9 @@ def _decode_shard(data: bytes, path: Path) -> dict[str, SceneInputs]:
         raise DataError(f"metric cache shard {path} has format {header.get('format')}, expected {CACHE_FORMAT}")
     out = {}
     for i, h in enumerate(header["scenes"]):
-        c = {k: v[i] for k, v in cols.items()}
-        bounds = np.concatenate([[0], np.cumsum(c["sight_counts"])])
-        sightings = [Sighting(float(t), list(tok), list(nm), c["sight_boxes"][bounds[f]:bounds[f + 1]])
+        c = {k: a[o[i]:o[i + 1]] for k, (a, o) in cols.items()}
+        bounds = [0, *np.cumsum(c["sight_counts"]).tolist()]
+        sightings = [Sighting(float(t), tok, nm, c["sight_boxes"][bounds[f]:bounds[f + 1]])
                      for f, (t, tok, nm) in enumerate(zip(c["sight_times"], h["sight_tokens"], h["sight_names"]))]
         drivable = DrivableMap(list(geoms[c["drivable_idx"]]), list(h["drivable_kinds"]),
                                list(h["drivable_ids"]), c["on_route"])

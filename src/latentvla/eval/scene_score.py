@@ -59,9 +59,10 @@ def simulate_plans(scenes: list[SceneInputs], plans: list[list[tuple[np.ndarray,
 
 
 def pdms_from_states(inputs: SceneInputs, states: np.ndarray, c: np.ndarray | None = None,
-                     explain: dict | None = None) -> dict[str, np.ndarray]:
-    """Sub-scores (P,) of the simulated proposals of one scene; EP normalised across them."""
-    pts = ego_points(states)
+                     explain: dict | None = None, points: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Sub-scores (P,) of the simulated proposals of one scene; EP normalised across them (``c`` and ``points``
+    may be passed in when computed for many scenes at once)."""
+    pts = ego_points(states) if points is None else points
     area = ego_area(pts, states[..., :2], inputs.drivable)
     nc = no_at_fault_collision(states, pts, area, inputs.tracks,
                                explain=None if explain is None else explain.setdefault("nc", []))
@@ -96,10 +97,11 @@ def score_pdms_batch(scenes: list[SceneInputs], poses: list[np.ndarray], interva
     states = simulate_plans(scenes, plans)
     if not states:
         return []
-    c_all = comfort(np.concatenate(states))
+    flat = np.concatenate(states)
+    c_all, pts_all = comfort(flat), ego_points(flat)
     out, k = [], 0
     for s, st in zip(scenes, states):
-        sub = pdms_from_states(s, st, c_all[k: k + len(st)])
+        sub = pdms_from_states(s, st, c_all[k: k + len(st)], points=pts_all[k: k + len(st)])
         k += len(st)
         out.append({key: float(sub[key][1]) for key in PDMS_KEYS})
     return out
