@@ -43,3 +43,18 @@ def test_transform_moves_geometry(scenes):
     x, y = s.initial_state[:2]
     assert m.initial_state[:2] == pytest.approx([10.0 - y, x])
     assert m.centerline[0] == pytest.approx([10.0 - s.centerline[0, 1], s.centerline[0, 0]])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_plan_scores_within_range(scenes, data):
+    """Arbitrary finite plans (reversing, swerving, standing still) give sub-scores in [0, 1] and consistent totals."""
+    coords = st.floats(-60, 60, allow_nan=False, allow_infinity=False)
+    poses = [np.array(data.draw(st.lists(st.tuples(coords, coords, st.floats(-3.1, 3.1)), min_size=8, max_size=8)))
+             for _ in scenes]
+    for row in score_pdms_batch(scenes, poses):
+        assert all(0.0 <= v <= 1.0 for v in row.values()), row
+        expected = row["nc"] * row["dac"] * (5 * row["ttc"] + 5 * row["ep"] + 2 * row["c"]) / 12
+        assert row["pdms"] == pytest.approx(expected)
+    for row in score_epdms_log(scenes, poses):
+        assert all(0.0 <= v <= 1.0 for k, v in row.items() if not np.isnan(v)), row
