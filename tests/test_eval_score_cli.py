@@ -139,6 +139,14 @@ def test_scoring_case_round_trip_and_explain(runner, tiny_world, cache_dir, tmp_
     assert res.exit_code == 0, res.output
     assert "NC:" in res.stdout and "DAC:" in res.stdout and "EP:" in res.stdout
 
+    saved["scene"]["reference_poses"] = None  # a hand-made case without a reference: planned from the case itself
+    saved["scene"]["speed_limit"] = None
+    no_ref = tmp_path / "no_ref.json"
+    no_ref.write_text(json.dumps(saved))
+    res = runner.invoke(app, ["score", "--case", str(no_ref)])
+    assert res.exit_code == 0, res.output
+    assert 0.0 <= json.loads(res.stdout.strip().splitlines()[-1])["pdms"] <= 1.0
+
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"format": "latentvla-scoring-case/1", "metric": "pdms", "scene": {},
                                   "proposal": {"poses": [[0, 0, 0]], "interval": 0.5}}))

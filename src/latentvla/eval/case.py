@@ -72,6 +72,10 @@ def parse_case(case: dict) -> tuple[SceneInputs, np.ndarray, float]:
         raise CaseError(f"scoring case is malformed: {e}") from None
     if poses.ndim != 2 or poses.shape[1] != 3 or not np.all(np.isfinite(poses)):
         raise CaseError(f"scoring case proposal must be finite (N, 3) poses, got shape {poses.shape}")
+    if inputs.reference_poses is None:  # a hand-made case: plan the reference from the case's own contents
+        from latentvla.eval.reference import pdm_closed_plan
+
+        inputs.reference_poses = pdm_closed_plan(inputs)
     return inputs, poses, interval
 
 

@@ -89,7 +89,7 @@ class SceneInputs:
     drivable: DrivableMap
     route_roadblocks: list[str]
     centerline: np.ndarray  # (N, 2) route centerline from the ego's lane
-    speed_limit: float  # m/s of the starting lane (PDM-Closed's IDM target)
+    speed_limit: float  # m/s of the starting lane (PDM-Closed's IDM target; NaN: unknown -> 15 m/s fallback)
     red_lights: RedLights
     human_poses: np.ndarray  # (8, 3) logged future in the current rear-axle frame, 0.5 s apart
     past_states: np.ndarray  # (4, 11) logged ego states at -1.5, -1.0, -0.5, 0 s (global)
@@ -171,7 +171,7 @@ class SceneInputs:
             "drivable": self.drivable.to_dict(),
             "route_roadblocks": list(self.route_roadblocks),
             "centerline": self.centerline.tolist(),
-            "speed_limit": self.speed_limit,
+            "speed_limit": None if not np.isfinite(self.speed_limit) else self.speed_limit,
             "red_lights": {"lane_ids": self.red_lights.lane_ids,
                            "polygons": [geometry_to_list(p) for p in self.red_lights.polygons],
                            "red": self.red_lights.red.astype(int).tolist()},
@@ -200,7 +200,7 @@ class SceneInputs:
             drivable=drivable if drivable is not None else DrivableMap.from_dict(d["drivable"]),
             route_roadblocks=list(d["route_roadblocks"]),
             centerline=np.asarray(d["centerline"], dtype=np.float64).reshape(-1, 2),
-            speed_limit=float(d["speed_limit"]),
+            speed_limit=float("nan") if d.get("speed_limit") is None else float(d["speed_limit"]),
             red_lights=RedLights(ids, [geometry_from_list(p) for p in rl["polygons"]], red),
             human_poses=np.asarray(d["human_poses"], dtype=np.float64).reshape(-1, 3),
             past_states=np.asarray(d["past_states"], dtype=np.float64).reshape(-1, len(StateIndex)),
