@@ -19,6 +19,8 @@ world_app = typer.Typer(no_args_is_help=True, help="The embedded procedural driv
 data_app = typer.Typer(no_args_is_help=True, help="Dataset integrity and inspection.")
 app.add_typer(world_app, name="world")
 app.add_typer(data_app, name="data")
+lam_app = typer.Typer(no_args_is_help=True, help="Latent action model: train (two stages), label, report.")
+app.add_typer(lam_app, name="lam")
 
 console = Console(stderr=True)
 ProfileOpt = typer.Option("demo", "--profile", help="quick | demo | full")
@@ -166,6 +168,70 @@ def demo(
     from latentvla.demo import run_demo
 
     run_demo(out, profile=profile, scenes=scenes, workers=workers or _default_workers(), console=console)
+
+
+def lam_config(profile: str, config: Path | None, overrides: list[str] | None):
+    from latentvla.config import resolve
+    from latentvla.lam.configuration import LAMConfig
+
+    return resolve(LAMConfig, "lam", profile, config, list(overrides or []))
+
+
+@lam_app.command("train")
+@_friendly
+def lam_train(
+    data: Path = typer.Option(..., "--data", help="Dataset directory (trains on train, monitors val)."),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    profile: str = ProfileOpt,
+    stage: str = typer.Option("both", "--stage", help="1 | 2 | both"),
+    resume: bool = typer.Option(False, "--resume", help="Skip finished stages; resume an interrupted one."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with config overrides."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Dotted override, e.g. model.ego.codebook_size=32."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache root (default DATA/feature_cache)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train the environment (stage 1) and ego (stage 2) latent action models."""
+    from latentvla.lam.train import train
+
+    metrics = train(data, out, lam_config(profile, config, set_), stages=stage, resume=resume,
+                    workers=workers or _default_workers(), quiet=quiet, cache_root=cache_dir)
+    console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
+
+
+@lam_app.command("label")
+@_friendly
+def lam_label(
+    run: Path = typer.Option(..., "--run", help="LAM run directory."),
+    data: Path = typer.Option(..., "--data", help="Dataset directory."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache root (default DATA/feature_cache)."),
+) -> None:
+    """Write per-scene ego and environment token ids for every split (a no-op if already labelled)."""
+    from latentvla.lam.report import label
+
+    path = label(run, data, workers=workers or _default_workers(), cache_root=cache_dir)
+    console.print(f"[green]labels[/] {path}")
+
+
+@lam_app.command("report")
+@_friendly
+def lam_report(
+    run: Path = typer.Option(..., "--run", help="LAM run directory."),
+    data: Path = typer.Option(..., "--data", help="Dataset directory (evaluates on test)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache root (default DATA/feature_cache)."),
+) -> None:
+    """Codebook usage, reconstruction gain, disentanglement (AMI, linear probes) on the test split."""
+    from latentvla.lam.report import report
+
+    metrics = report(run, data, workers=workers or _default_workers(), quiet=as_json, cache_root=cache_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics, sort_keys=True) + "\n")
+        return
+    for k, v in metrics.items():
+        Console().print(f"{k:18s} {v:.4f}" if isinstance(v, float) else f"{k:18s} {v}")
 
 
 class _ScoreCommand(TyperCommand):

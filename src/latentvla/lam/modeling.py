@@ -1,0 +1,531 @@
+"""Two-stage latent action model (LAM) over frozen visual feature tokens.
+
+The recipe is LAPO/LAPA/Genie's: an inverse dynamics model (IDM) sees frames t and t+Δ and emits a few latent
+tokens; a vector-quantised bottleneck turns them into discrete codes; a forward dynamics model (FDM) must rebuild
+frame t+Δ from frame t and the codes alone, so the codes are forced to carry "what changed". LatentVLA (after
+UniVLA's task-centric LAM) splits what changed into two parts:
+
+* stage 1: the IDM and FDM are both given the ego's privileged motion (``ego_motion``), so the env latents only
+  need to explain the rest of the scene (other agents, lights): the *environment* action;
+* stage 2: stage 1 is frozen; a new IDM that cannot see ``ego_motion`` (its ``forward`` has no such argument)
+  and a new codebook must explain what the frozen env latents do not: the *ego* action, the VLA's target.
+
+All models work on (B, T, D) feature tokens and predict the residual ``feat_tp - feat_t``, so "copy the current
+frame" is the zero-output baseline and ``recon_mse < copy_mse`` means the codes carry real information.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from latentvla.lam.configuration import LAMModelConfig, QuantizerConfig
+
+FORMAT = "latentvla.lam/1"
+_MODES = ("ema", "straight-through")
+
+
+def check_tensor(name: str, x: object, shape: Sequence[int | None]) -> None:
+    """Raise a ValueError naming ``name`` unless ``x`` is a finite float tensor of ``shape`` (None: any size)."""
+    want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {want}, got {type(x).__name__}")
+    if x.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, x.shape)):
+        raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor of shape {want}, got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf values (expected finite values, shape {want})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Vector quantiser
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class QuantizerOutput(NamedTuple):
+    quantized: Tensor  # (B, Q, code_dim), straight-through: gradients flow to the encoder's latents
+    codes: Tensor  # (B, Q) long
+    loss: Tensor  # scalar: commitment (+ codebook loss in straight-through mode)
+    perplexity: Tensor  # scalar, exp(entropy) of this batch's code histogram (1 = collapsed, K = uniform)
+    codes_used: Tensor  # scalar long, distinct codes in this batch
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantiser with EMA or straight-through (VQ-VAE) codebook learning and dead-code restarts.
+
+    Small codebooks (16 codes) collapse easily: a few codes win early and the rest are never chosen again, so
+    every ``dead_code_every`` training steps, codes whose EMA usage fell below ``dead_code_threshold`` are moved
+    onto random latents of the current batch. The codebook is initialised from the first training batch for the
+    same reason (random codes far from the encoder's output would be dead from the start). Restarts draw from
+    ``generator`` when given, else from torch's global RNG, so a fixed seed gives identical training.
+    """
+
+    def __init__(self, cfg: QuantizerConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if cfg.mode not in _MODES:
+            raise ValueError(f"quantizer mode must be one of {_MODES}, got {cfg.mode!r}")
+        if cfg.codebook_size < 1 or cfg.code_dim < 1:
+            raise ValueError(f"codebook_size and code_dim must be >= 1, got {cfg.codebook_size}, {cfg.code_dim}")
+        if not 0.0 <= cfg.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+        self.cfg = cfg
+        self.generator = generator
+        self.frozen = False
+        k, d = cfg.codebook_size, cfg.code_dim
+        init = torch.randn(k, d)
+        if cfg.mode == "ema":  # codes are running means of their assigned latents: no gradient
+            self.register_buffer("embed", init)
+        else:
+            self.embed = nn.Parameter(init)
+        self.register_buffer("embed_sum", init.clone())  # EMA of sum of assigned latents (ema mode)
+        self.register_buffer("usage", torch.ones(k))  # EMA of per-batch assignment counts (both modes)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def codebook(self) -> Tensor:
+        return self.embed
+
+    @property
+    def updating(self) -> bool:
+        """Whether a forward pass may change the codebook (training mode and not frozen)."""
+        return self.training and not self.frozen
+
+    def freeze(self) -> None:
+        """Stop every codebook change (EMA, restarts, gradients): stage 2 must keep stage 1's codebook exactly."""
+        self.frozen = True
+        self.requires_grad_(False)
+
+    def unfreeze(self) -> None:
+        self.frozen = False
+        if isinstance(self.embed, nn.Parameter):
+            self.embed.requires_grad_(True)
+
+    @torch.no_grad()
+    def init_codebook(self, vectors: Tensor) -> None:
+        """Set the codebook explicitly (K, code_dim) and mark it initialised (no data-dependent init)."""
+        check_tensor("vectors", vectors, (self.cfg.codebook_size, self.cfg.code_dim))
+        self.embed.copy_(vectors)
+        self.usage.fill_(1.0)
+        self.embed_sum.copy_(vectors)
+        self.initialized.fill_(True)
+
+    def quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Nearest code per latent, no side effects: (codes (B, Q) long, code vectors (B, Q, code_dim))."""
+        flat = z.reshape(-1, z.shape[-1]).float()
+        emb = self.embed.float()
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ emb.t() + emb.pow(2).sum(1)[None]
+        codes = dist.argmin(1).view(z.shape[:-1])
+        return codes, F.embedding(codes, self.embed).to(z.dtype)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        check_tensor("latents", z, (None, None, self.cfg.code_dim))
+        if self.updating and not bool(self.initialized):
+            self._restart(z.detach(), torch.ones(self.cfg.codebook_size, dtype=torch.bool, device=z.device))
+            self.initialized.fill_(True)
+        codes, q = self.quantize(z)
+        commit = F.mse_loss(z, q.detach())
+        loss = self.cfg.commitment * commit
+        if self.cfg.mode == "straight-through":
+            loss = loss + F.mse_loss(q, z.detach())  # pulls codes towards the encoder's latents
+        counts = torch.bincount(codes.flatten(), minlength=self.cfg.codebook_size).float()
+        if self.updating:
+            self._update(z.detach(), codes, counts)
+        probs = counts / counts.sum().clamp_min(1.0)
+        perplexity = torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum())
+        quantized = z + (q - z).detach()  # straight-through estimator
+        return QuantizerOutput(quantized, codes, loss, perplexity, (counts > 0).sum())
+
+    @torch.no_grad()
+    def _update(self, z: Tensor, codes: Tensor, counts: Tensor) -> None:
+        """EMA usage (and, in ema mode, EMA codebook) update, then a dead-code restart when due."""
+        decay = self.cfg.ema_decay
+        flat = z.reshape(-1, z.shape[-1]).float()
+        self.usage.mul_(decay).add_(counts, alpha=1 - decay)
+        if self.cfg.mode == "ema":
+            onehot = F.one_hot(codes.flatten(), self.cfg.codebook_size).float()
+            self.embed_sum.mul_(decay).add_(onehot.t() @ flat, alpha=1 - decay)
+            # Laplace smoothing keeps rarely used codes from dividing by ~0.
+            n, k, eps = self.usage.sum(), self.cfg.codebook_size, 1e-5
+            smoothed = (self.usage + eps) / (n + k * eps) * n
+            self.embed.copy_(self.embed_sum / smoothed[:, None])
+        self.steps += 1
+        every = self.cfg.dead_code_every
+        if every > 0 and int(self.steps) % every == 0:
+            self._restart(z, self.usage < self.cfg.dead_code_threshold)
+
+    @torch.no_grad()
+    def _restart(self, z: Tensor, dead: Tensor) -> None:
+        """Move ``dead`` codes onto random latents of the batch and give them a fair share of usage."""
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return
+        flat = z.reshape(-1, z.shape[-1]).float()
+        n = flat.shape[0]
+        if n >= n_dead:
+            idx = torch.randperm(n, generator=self.generator)[:n_dead]
+        else:
+            idx = torch.randint(n, (n_dead,), generator=self.generator)
+        new = flat[idx.to(flat.device)].to(self.embed.dtype)
+        fair = float(self.usage.sum()) / self.cfg.codebook_size
+        self.embed[dead] = new
+        self.usage[dead] = max(fair, 1.0, self.cfg.dead_code_threshold)
+        self.embed_sum[dead] = new * self.usage[dead][:, None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transformer pieces (nanoGPT-style, bidirectional)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)  # no mask: every token sees both frames and the queries
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, dim: int, depth: int, heads: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+
+class FeatureTokens(nn.Module):
+    """(B, T, D) frozen features -> (B, T, dim) tokens with learned position and frame embeddings.
+
+    The input LayerNorm makes the model indifferent to the feature extractor's scale (EfficientNet features are
+    non-negative with a large range); the frame embedding tells the transformer which frame a token comes from.
+    """
+
+    def __init__(self, feat_dim: int, tokens: int, dim: int, frames: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(feat_dim)
+        self.proj = nn.Linear(feat_dim, dim)
+        self.pos = nn.Parameter(torch.randn(tokens, dim) * 0.5)
+        self.frame = nn.Parameter(torch.randn(frames, dim) * 0.5)
+
+    def forward(self, feat: Tensor, frame: int) -> Tensor:
+        return self.proj(self.norm(feat)) + self.pos + self.frame[frame]
+
+
+def _cond_mlp(cond_dim: int, dim: int) -> nn.Module:
+    """Ego motion (a handful of numbers) -> one token."""
+    return nn.Sequential(nn.Linear(cond_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+
+def _check_frames(feat_t: Tensor, feat_tp: Tensor | None, tokens: int, feat_dim: int) -> int:
+    check_tensor("feat_t", feat_t, (None, tokens, feat_dim))
+    b = feat_t.shape[0]
+    if feat_tp is not None:
+        check_tensor("feat_tp", feat_tp, (b, tokens, feat_dim))
+    return b
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inverse and forward dynamics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _IDMCore(nn.Module):
+    """Shared body of the IDMs: [queries, tokens_t, tokens_tp, extra tokens] -> transformer -> query outputs.
+
+    The latents are batch-normalised (no affine) per code dimension before quantisation. Without it the query
+    outputs are dominated by a sample-independent offset, the commitment loss and the freshly initialised FDM
+    shrink what little varies, and the codebook collapses onto one code before the FDM learns to use it
+    (observed on the synthetic tests, most often when the FDM can lean on ego_motion instead). With unit
+    variance per dimension, collapse is impossible and the codes live on a fixed scale. Eval mode uses running
+    statistics, so labels are per-sample deterministic.
+    """
+
+    def __init__(self, feat_dim: int, tokens: int, cfg: LAMModelConfig, code_dim: int) -> None:
+        super().__init__()
+        self.feat_dim, self.tokens = feat_dim, tokens
+        self.embed = FeatureTokens(feat_dim, tokens, cfg.dim, frames=2)
+        self.queries = nn.Parameter(torch.randn(cfg.num_queries, cfg.dim) * 0.02)
+        self.transformer = Transformer(cfg.dim, cfg.depth, cfg.heads)
+        self.head = nn.Linear(cfg.dim, code_dim)
+        self.norm = nn.BatchNorm1d(code_dim, affine=False)
+
+    def _encode(self, feat_t: Tensor, feat_tp: Tensor, extra: list[Tensor]) -> Tensor:
+        b = _check_frames(feat_t, feat_tp, self.tokens, self.feat_dim)
+        q = self.queries.expand(b, -1, -1)
+        x = torch.cat([q, self.embed(feat_t, 0), self.embed(feat_tp, 1), *extra], dim=1)
+        if self.training and b * q.shape[1] < 2:
+            raise ValueError("training needs batch * num_queries >= 2 (the latents are batch-normalised)")
+        z = self.head(self.transformer(x)[:, : q.shape[1]])
+        return self.norm(z.transpose(1, 2)).transpose(1, 2)
+
+
+class InverseDynamics(_IDMCore):
+    """Unconditioned IDM (stage 2's ego IDM): (feat_t, feat_tp) -> (B, Q, code_dim) pre-quantisation latents.
+
+    Deliberately has no conditioning argument or parameters: the ego codes must be computable, and must be
+    computed, without the privileged ego motion, or the VLA's targets would leak the answer.
+    """
+
+    def forward(self, feat_t: Tensor, feat_tp: Tensor) -> Tensor:
+        return self._encode(feat_t, feat_tp, [])
+
+
+class ConditionedInverseDynamics(_IDMCore):
+    """Stage 1's env IDM: like InverseDynamics plus one token made from ``cond`` (the ego motion)."""
+
+    def __init__(self, feat_dim: int, tokens: int, cfg: LAMModelConfig, code_dim: int, cond_dim: int) -> None:
+        super().__init__(feat_dim, tokens, cfg, code_dim)
+        if cond_dim < 1:
+            raise ValueError(f"cond_dim must be >= 1 (use InverseDynamics for none), got {cond_dim}")
+        self.cond_dim = cond_dim
+        self.cond = _cond_mlp(cond_dim, cfg.dim)
+
+    def forward(self, feat_t: Tensor, feat_tp: Tensor, cond: Tensor) -> Tensor:
+        check_tensor("ego_motion", cond, (feat_t.shape[0], self.cond_dim))
+        return self._encode(feat_t, feat_tp, [self.cond(cond)[:, None]])
+
+
+class ForwardDynamics(nn.Module):
+    """FDM: (feat_t, latent groups[, cond]) -> predicted feat_tp (B, T, D).
+
+    ``latent_dims`` gives the code_dim of each latent group (stage 1: (env,), stage 2: (env, ego)); each group has
+    its own projection plus group and slot embeddings. The head predicts the residual feat_tp - feat_t, so "copy
+    the current frame" is the zero output. The head is deliberately *not* zero-initialised: a zero head sends no
+    reconstruction gradient to the latents, and meanwhile the commitment loss collapses them onto one code.
+    ``cond_dim == 0`` builds no conditioning path and ``forward`` then refuses a ``cond``.
+    """
+
+    def __init__(
+        self, feat_dim: int, tokens: int, cfg: LAMModelConfig, latent_dims: Sequence[int], cond_dim: int = 0
+    ) -> None:
+        super().__init__()
+        if not latent_dims:
+            raise ValueError("ForwardDynamics needs at least one latent group")
+        self.feat_dim, self.tokens, self.cond_dim = feat_dim, tokens, cond_dim
+        self.latent_dims = tuple(latent_dims)
+        self.embed = FeatureTokens(feat_dim, tokens, cfg.dim, frames=1)
+        self.latent_proj = nn.ModuleList(nn.Linear(d, cfg.dim) for d in self.latent_dims)
+        self.group = nn.Parameter(torch.randn(len(self.latent_dims), cfg.dim) * 0.5)
+        self.slot = nn.Parameter(torch.randn(cfg.num_queries, cfg.dim) * 0.5)  # slots have distinct roles
+        self.cond = _cond_mlp(cond_dim, cfg.dim) if cond_dim > 0 else None
+        self.transformer = Transformer(cfg.dim, cfg.depth, cfg.heads)
+        self.head = nn.Linear(cfg.dim, feat_dim)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, feat_t: Tensor, latents: Sequence[Tensor], cond: Tensor | None = None) -> Tensor:
+        b = _check_frames(feat_t, None, self.tokens, self.feat_dim)
+        if len(latents) != len(self.latent_dims):
+            raise ValueError(f"expected {len(self.latent_dims)} latent groups, got {len(latents)}")
+        parts = []
+        for i, (z, proj) in enumerate(zip(latents, self.latent_proj)):
+            check_tensor(f"latents[{i}]", z, (b, self.slot.shape[0], self.latent_dims[i]))
+            parts.append(proj(z) + self.group[i] + self.slot)
+        if self.cond is None:
+            if cond is not None:
+                raise ValueError("this ForwardDynamics was built with cond_dim=0 and takes no conditioning")
+        else:
+            if cond is None:
+                raise ValueError(f"ego_motion of shape ({b}, {self.cond_dim}) is required")
+            check_tensor("ego_motion", cond, (b, self.cond_dim))
+            parts.append(self.cond(cond)[:, None])
+        x = torch.cat([self.embed(feat_t, 0), *parts], dim=1)
+        return feat_t + self.head(self.transformer(x)[:, : self.tokens])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The two-stage model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def model_config_from_dict(d: dict) -> LAMModelConfig:
+    d = dict(d)
+    env, ego = QuantizerConfig(**d.pop("env")), QuantizerConfig(**d.pop("ego"))
+    return LAMModelConfig(**d, env=env, ego=ego)
+
+
+class LatentActionModel(nn.Module):
+    """Environment latents (stage 1, ego motion given) then ego latents (stage 2, ego motion hidden).
+
+    Stage 1 trains ``env_idm`` + ``env_vq`` + ``fdm1``; stage 2 freezes them and trains ``ego_idm`` + ``ego_vq`` +
+    ``fdm2``. Modules of the stage not being trained have ``requires_grad=False`` (an optimiser over
+    ``model.parameters()`` therefore leaves them alone) and the frozen stage-1 modules stay in eval mode even
+    after ``model.train()``.
+    """
+
+    def __init__(
+        self, cfg: LAMModelConfig, feat_dim: int, tokens: int, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        if feat_dim < 1 or tokens < 1:
+            raise ValueError(f"feat_dim and tokens must be >= 1, got {feat_dim}, {tokens}")
+        if cfg.ego_motion_dim < 1:
+            raise ValueError(f"ego_motion_dim must be >= 1, got {cfg.ego_motion_dim}")
+        self.cfg, self.feat_dim, self.tokens = cfg, feat_dim, tokens
+        env_d, ego_d = cfg.env.code_dim, cfg.ego.code_dim
+        self.env_idm = ConditionedInverseDynamics(feat_dim, tokens, cfg, env_d, cfg.ego_motion_dim)
+        self.env_vq = VectorQuantizer(cfg.env, generator)
+        self.fdm1 = ForwardDynamics(feat_dim, tokens, cfg, (env_d,), cond_dim=cfg.ego_motion_dim)
+        self.ego_idm = InverseDynamics(feat_dim, tokens, cfg, ego_d)
+        self.ego_vq = VectorQuantizer(cfg.ego, generator)
+        self.fdm2 = ForwardDynamics(feat_dim, tokens, cfg, (env_d, ego_d))  # no ego motion
+        self.stage = 1
+        self.set_stage(1)
+
+    def _stage_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        return [self.env_idm, self.env_vq, self.fdm1], [self.ego_idm, self.ego_vq, self.fdm2]
+
+    def set_stage(self, stage: int) -> None:
+        """Select the trained stage. Stage 2 freezes stage 1 (weights, codebook, eval mode)."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        self.stage = stage
+        s1, s2 = self._stage_modules()
+        for m in s1:
+            m.requires_grad_(stage == 1)
+        for m in s2:
+            m.requires_grad_(stage == 2)
+        if stage == 2:
+            self.env_vq.freeze()
+        else:
+            self.env_vq.unfreeze()
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> LatentActionModel:
+        super().train(mode)
+        if self.stage == 2:
+            for m in self._stage_modules()[0]:
+                m.eval()
+        return self
+
+    def _check_inputs(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor | None) -> None:
+        b = _check_frames(feat_t, feat_tp, self.tokens, self.feat_dim)
+        if ego_motion is not None:
+            check_tensor("ego_motion", ego_motion, (b, self.cfg.ego_motion_dim))
+
+    def forward(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> dict[str, Tensor]:
+        """One training/validation pass of the current stage; ``loss`` is what the optimiser should minimise."""
+        self._check_inputs(feat_t, feat_tp, ego_motion)
+        copy_mse = F.mse_loss(feat_t, feat_tp).detach()
+        out: dict[str, Tensor] = {"copy_mse": copy_mse}
+        if self.stage == 1:
+            env = self.env_vq(self.env_idm(feat_t, feat_tp, ego_motion))
+            pred = self.fdm1(feat_t, [env.quantized], ego_motion)
+            vq_loss = env.loss
+        else:
+            with torch.no_grad():
+                env = self.env_vq(self.env_idm(feat_t, feat_tp, ego_motion))
+            ego = self.ego_vq(self.ego_idm(feat_t, feat_tp))
+            pred = self.fdm2(feat_t, [env.quantized.detach(), ego.quantized])
+            vq_loss = ego.loss
+            out.update(ego_codes=ego.codes, ego_perplexity=ego.perplexity.detach(), ego_codes_used=ego.codes_used)
+        recon = F.mse_loss(pred, feat_tp)
+        out.update(
+            loss=recon + vq_loss,
+            recon_mse=recon.detach(),
+            vq_loss=vq_loss.detach(),
+            pred=pred,
+            env_codes=env.codes,
+            env_perplexity=env.perplexity.detach(),
+            env_codes_used=env.codes_used,
+        )
+        return out
+
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Eval mode (running batch-norm statistics, no codebook updates) and no autograd, then restore."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def encode_ego(self, feat_t: Tensor, feat_tp: Tensor) -> Tensor:
+        """Ego codes (B, Q) from the two frames only: the labels a VLA learns to predict."""
+        self._check_inputs(feat_t, feat_tp, None)
+        with self._inference():
+            return self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[0]
+
+    def encode(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> tuple[Tensor, Tensor]:
+        """(env_codes (B, Q), ego_codes (B, Q)) in eval mode; changes nothing. Ego codes ignore ``ego_motion``."""
+        self._check_inputs(feat_t, feat_tp, ego_motion)
+        with self._inference():
+            env = self.env_vq.quantize(self.env_idm(feat_t, feat_tp, ego_motion))[0]
+            ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[0]
+        return env, ego
+
+    def latent_vectors(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> dict[str, Tensor]:
+        """Quantised latents {"env": (B, Q, env code_dim), "ego": (B, Q, ego code_dim)}, e.g. for linear probes."""
+        self._check_inputs(feat_t, feat_tp, ego_motion)
+        with self._inference():
+            env = self.env_vq.quantize(self.env_idm(feat_t, feat_tp, ego_motion))[1]
+            ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[1]
+        return {"env": env, "ego": ego}
+
+    def save(self, path: str | Path) -> None:
+        """One safetensors file; config, feat_dim, tokens and stage go into its string metadata."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta = {
+            "format": FORMAT,
+            "config": json.dumps(asdict(self.cfg)),
+            "feat_dim": str(self.feat_dim),
+            "tokens": str(self.tokens),
+            "stage": str(self.stage),
+        }
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> LatentActionModel:
+        """Rebuild a model written by ``save`` (in eval mode, at its saved stage)."""
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={meta.get('format')!r})")
+        cfg = model_config_from_dict(json.loads(meta["config"]))
+        model = cls(cfg, int(meta["feat_dim"]), int(meta["tokens"]))
+        model.load_state_dict(load_file(str(path), device=str(device)))
+        model.set_stage(int(meta["stage"]))
+        return model.to(device).eval()
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,149 @@
+"""``latentvla lam label`` / ``lam report``: token ids per scene, and the metrics of a trained LAM on the test split.
+
+Every scene's latent sentence is ``windows`` consecutive windows from its current frame, ``num_queries`` tokens each,
+for both codebooks (environment, ego). The report's keys are a contract (issue: LAM): perplexity_ego/env,
+codes_used_ego/env, recon_gain, ami_ego_command/ami_env_command (AMI between each token position's code and the
+ego manoeuvre class of its window, averaged over positions), probe_ego_motion/probe_env_motion (test R² of a linear
+probe from a window's codes to the ego's motion over it, fitted on train scenes) and probe_ego_agents/
+probe_env_agents (the same to the other agents' motion relative to the ego).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from latentvla.config import from_dict
+from latentvla.data.store import SceneStore
+from latentvla.lam import metrics as M
+from latentvla.lam.configuration import LAMConfig
+from latentvla.lam.data import scene_windows, split_logs
+from latentvla.runtime.io import read_json, write_json
+from latentvla.schema import global_to_local
+
+NEAREST_AGENTS = 3
+REPORT_KEYS = ("perplexity_ego", "perplexity_env", "codes_used_ego", "codes_used_env", "recon_gain",
+               "ami_ego_command", "ami_env_command", "probe_ego_motion", "probe_env_motion", "probe_ego_agents",
+               "probe_env_agents")
+
+
+def load_run(run: str | Path):
+    from latentvla.lam.modeling import LatentActionModel
+
+    run = Path(run)
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: train both stages first (`latentvla lam train --out {run}`)")
+    cfg = from_dict(LAMConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    return cfg, LatentActionModel.load(weights)
+
+
+def agents_motion(frames: list[dict], start: int, end: int) -> np.ndarray:
+    """(2,) mean displacement of the nearest agents over the window relative to the ego, in the ego frame at t."""
+    a, b = frames[start], frames[end]
+    pa, pb = np.asarray(a["ego"]["pose"], dtype=np.float64), np.asarray(b["ego"]["pose"], dtype=np.float64)
+    ego_disp = global_to_local(pb[None], pa)[0, :2]
+    boxes_b = {tok: np.asarray(box, dtype=np.float64) for tok, box in zip(b["track_tokens"], b["boxes"])}
+    found = []
+    for tok, box in zip(a["track_tokens"], a["boxes"]):
+        if tok in boxes_b:
+            xy_b = global_to_local(np.array([[*boxes_b[tok][:2], 0.0]]), global_to_local(pa[None], pb)[0])[0, :2]
+            found.append((float(np.hypot(box[0], box[1])), xy_b - np.asarray(box[:2]) - ego_disp))
+    if not found:
+        return np.zeros(2)
+    found.sort(key=lambda f: f[0])
+    return np.mean([d for _, d in found[:NEAREST_AGENTS]], axis=0)
+
+
+def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str) -> dict:
+    """Codes (N, W, Q) of both codebooks, window motions (N, W, 9), agents' motion (N, W, 2) and the feature
+    errors of the split's scenes."""
+    env, ego, motion, agents, tokens, recon, copy = [], [], [], [], [], [], []
+    wf = cfg.window_frames
+    model.eval()
+    for token in store.tokens(split):
+        log, starts, mot = scene_windows(store, token, wf, cfg.windows)
+        feats = cache.load_log(log)[0]
+        s = np.asarray(starts)
+        ft, ftp = torch.from_numpy(feats[s]).float(), torch.from_numpy(feats[s + wf]).float()
+        em = torch.from_numpy(mot)
+        with torch.no_grad():
+            e_codes, g_codes = model.encode(ft, ftp, em)
+            out = model(ft, ftp, em)
+        env.append(e_codes.numpy()), ego.append(g_codes.numpy()), motion.append(mot), tokens.append(token)
+        frames = store._log(log)["frames"]
+        agents.append(np.stack([agents_motion(frames, st, st + wf) for st in starts]))
+        recon.append(float(out["recon_mse"])), copy.append(float(out["copy_mse"]))
+    if not tokens:
+        raise ValueError(f"split '{split}' has no scenes")
+    return {"tokens": tokens, "env": np.stack(env), "ego": np.stack(ego), "motion": np.stack(motion),
+            "agents": np.stack(agents), "recon_mse": float(np.mean(recon)), "copy_mse": float(np.mean(copy))}
+
+
+def _open_cache(data: Path, cfg: LAMConfig, store: SceneStore, splits: tuple[str, ...], workers: int, quiet: bool,
+                cache_root: str | Path | None):
+    from latentvla.lam.features import FeatureCache
+
+    logs = [log for s in splits for log in split_logs(store, s)]
+    return FeatureCache.open(data, cfg.encoder, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
+
+
+def label(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = False,
+          cache_root: str | Path | None = None) -> Path:
+    """Per-scene env and ego token ids for every split, in ``RUN/labels/<dataset>.json`` (a no-op when present)."""
+    from latentvla.eval.metric_cache import dataset_digest
+
+    run, data = Path(run), Path(data)
+    out = run / "labels" / f"{dataset_digest(data)}.json"
+    if out.is_file():
+        return out
+    cfg, model = load_run(run)
+    store = SceneStore(data, verify_blobs=False)
+    cache = _open_cache(data, cfg, store, ("train", "val", "test"), workers, quiet, cache_root)
+    labels = {}
+    for split in ("train", "val", "test"):
+        if not store.tokens(split):
+            continue
+        res = scene_tokens(store, cache, model, cfg, split)
+        for i, tok in enumerate(res["tokens"]):
+            labels[tok] = {"split": split, "ego": res["ego"][i].ravel().tolist(), "env": res["env"][i].ravel().tolist()}
+    write_json(out, {"run_config": read_json(run / "run.json")["config_hash"], "window_s": cfg.window_s,
+                     "windows": cfg.windows, "num_queries": cfg.model.num_queries, "scenes": labels})
+    return out
+
+
+def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = False,
+           cache_root: str | Path | None = None) -> dict:
+    """The contract metrics on the test split (probes fitted on train); also merged into RUN/metrics.json."""
+    run, data = Path(run), Path(data)
+    cfg, model = load_run(run)
+    store = SceneStore(data, verify_blobs=False)
+    cache = _open_cache(data, cfg, store, ("train", "test"), workers, quiet, cache_root)
+    test = scene_tokens(store, cache, model, cfg, "test")
+    train = scene_tokens(store, cache, model, cfg, "train")
+    n_env, n_ego = cfg.model.env.codebook_size, cfg.model.ego.codebook_size
+    out: dict = {
+        "perplexity_ego": M.perplexity(test["ego"], n_ego), "perplexity_env": M.perplexity(test["env"], n_env),
+        "codes_used_ego": M.codes_used(test["ego"]), "codes_used_env": M.codes_used(test["env"]),
+        "recon_gain": 1.0 - test["recon_mse"] / max(test["copy_mse"], 1e-12),
+    }
+    man = M.maneuver_class(test["motion"].reshape(-1, test["motion"].shape[-1])).reshape(test["motion"].shape[:2])
+    for name in ("ego", "env"):
+        codes = test[name]  # (N, W, Q)
+        out[f"ami_{name}_command"] = float(np.mean([M.adjusted_mutual_info(codes[:, w, q], man[:, w])
+                                                    for w in range(codes.shape[1]) for q in range(codes.shape[2])]))
+        k = n_ego if name == "ego" else n_env
+        x_tr = M.one_hot(train[name].reshape(-1, train[name].shape[-1]), k)
+        x_te = M.one_hot(codes.reshape(-1, codes.shape[-1]), k)
+        out[f"probe_{name}_motion"] = M.probe_r2(x_tr, train["motion"].reshape(-1, 9)[:, :3],
+                                                 x_te, test["motion"].reshape(-1, 9)[:, :3])
+        out[f"probe_{name}_agents"] = M.probe_r2(x_tr, train["agents"].reshape(-1, 2), x_te,
+                                                 test["agents"].reshape(-1, 2))
+    out = {k: out[k] for k in REPORT_KEYS}
+    metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    metrics.update(out, test_scenes=len(test["tokens"]))
+    write_json(run / "metrics.json", metrics, indent=1)
+    return out

@@ -1,0 +1,73 @@
+"""`latentvla lam train / label / report` end to end on the tiny world (quick profile, in-process CLI)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from latentvla.cli import app
+from latentvla.lam.report import REPORT_KEYS
+
+
+@pytest.fixture(scope="module")
+def lam_run(runner, tiny_world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lam")
+    run, cache = root / "run", root / "features"
+    res = runner.invoke(app, ["lam", "train", "--data", str(tiny_world), "--out", str(run), "--profile", "quick",
+                              "--workers", "1", "--cache-dir", str(cache), "--quiet"])
+    assert res.exit_code == 0, res.output
+    return run, cache
+
+
+def test_train_writes_a_complete_run(lam_run):
+    run, _ = lam_run
+    for name in ("config.yaml", "run.json", "metrics.json", "stage1.safetensors", "stage2.safetensors",
+                 "model.safetensors"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stage1_steps"] == 40 and metrics["stage2_steps"] == 40
+
+
+def test_report_json_contract(lam_run, runner, tiny_world):
+    run, cache = lam_run
+    res = runner.invoke(app, ["lam", "report", "--run", str(run), "--data", str(tiny_world), "--json",
+                              "--workers", "1", "--cache-dir", str(cache)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(report) == set(REPORT_KEYS)
+    assert all(math.isfinite(v) for v in report.values())
+    assert 1.0 <= report["perplexity_ego"] <= 8 and 1 <= report["codes_used_ego"] <= 8  # quick codebook: 8 codes
+    assert json.loads((run / "metrics.json").read_text())["perplexity_ego"] == report["perplexity_ego"]
+
+
+def test_label_every_split_once(lam_run, runner, tiny_world, tiny_store):
+    run, cache = lam_run
+    args = ["lam", "label", "--run", str(run), "--data", str(tiny_world), "--workers", "1", "--cache-dir", str(cache)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    (path,) = (run / "labels").glob("*.json")
+    labels = json.loads(path.read_text())
+    assert set(labels["scenes"]) == set(tiny_store.tokens())
+    row = labels["scenes"][tiny_store.tokens("test")[0]]
+    assert len(row["ego"]) == len(row["env"]) == 4 * 3  # 4 windows x 3 queries
+    assert all(0 <= c < 8 for c in row["ego"] + row["env"])
+    before = path.stat().st_mtime_ns
+    assert runner.invoke(app, args).exit_code == 0
+    assert path.stat().st_mtime_ns == before  # re-labelling with the same run is a no-op
+
+
+def test_resume_skips_finished_stages_and_stage_order(lam_run, runner, tiny_world, tmp_path):
+    run, cache = lam_run
+    before = (run / "model.safetensors").read_bytes()
+    res = runner.invoke(app, ["lam", "train", "--data", str(tiny_world), "--out", str(run), "--profile", "quick",
+                              "--resume", "--workers", "1", "--cache-dir", str(cache), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (run / "model.safetensors").read_bytes() == before
+    res = runner.invoke(app, ["lam", "train", "--data", str(tiny_world), "--out", str(tmp_path / "r2"), "--profile",
+                              "quick", "--stage", "2", "--workers", "1", "--cache-dir", str(cache), "--quiet"])
+    assert res.exit_code == 2 and "stage 1 first" in res.output
+    res = runner.invoke(app, ["lam", "train", "--data", str(tiny_world), "--out", str(run), "--profile", "quick",
+                              "--set", "model.dim=16", "--workers", "1", "--cache-dir", str(cache), "--quiet"])
+    assert res.exit_code == 2 and "holds a LAM run" in res.output
