@@ -44,6 +44,8 @@ def summary_table(summary: dict, title: str | None = None) -> Table:
 
 def run_score(data: Path, agent_spec: str, out: Path, split: str, metric: str, workers: int,
               cache_dir: Path | None, quiet: bool = False) -> dict:
+    if Path(out).suffix != ".csv":
+        raise ValueError(f"--out must name a .csv file, got {out}")
     agent = load_agent(agent_spec)
     rows, summary = score_split(data, agent, split=split, metric=metric, workers=workers, cache_root=cache_dir,
                                 quiet=quiet)
