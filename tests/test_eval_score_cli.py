@@ -195,3 +195,28 @@ def test_epdms_csv_summary_and_case(runner, tiny_world, cache_dir, tmp_path):
     scores = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("nc", "dac", "ddc", "tlc", "ep", "ttc", "lk", "hc", "ec", "epdms"):
         assert scores[key] == pytest.approx(float(with_ec[0][key]), abs=1e-6), key
+
+
+def test_minimal_hand_made_case(runner, tmp_path):
+    """Only the required keys: a straight two-lane road, no other road users, a constant-speed plan."""
+    road = [[[[-50.0, -4.0], [250.0, -4.0], [250.0, 4.0], [-50.0, 4.0], [-50.0, -4.0]]]]
+    lane = [[[[-50.0, -2.0], [250.0, -2.0], [250.0, 2.0], [-50.0, 2.0], [-50.0, -2.0]]]]
+    init = [0.0, 0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    case = {"format": "latentvla-scoring-case/1", "metric": "pdms",
+            "proposal": {"poses": [[5.0 * k, 0.0, 0.0] for k in range(1, 9)], "interval": 0.5},
+            "scene": {"token": "hand", "initial_state": init,
+                      "sightings": [{"time_s": 0.0, "tokens": [], "names": [], "boxes": []}],
+                      "drivable": {"polygons": [road, lane], "kinds": ["roadblock", "lane"], "ids": ["r", "l"],
+                                   "on_route": [0, 1]},
+                      "centerline": [[-50.0, 0.0], [250.0, 0.0]]}}
+    for metric in ("pdms", "epdms"):
+        case["metric"] = metric
+        path = tmp_path / f"{metric}.json"
+        path.write_text(json.dumps(case))
+        res = runner.invoke(app, ["score", "--case", str(path)])
+        assert res.exit_code == 0, res.output
+        scores = json.loads(res.stdout.strip().splitlines()[-1])
+        assert scores["nc"] == scores["dac"] == scores["ttc"] == 1.0
+        assert scores[metric] > 0.8
+        if metric == "epdms":
+            assert scores["ec"] is None and scores["tlc"] == 1.0 and scores["lk"] == 1.0

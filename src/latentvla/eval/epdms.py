@@ -374,8 +374,11 @@ def _v2_plans(inputs: SceneInputs, poses: np.ndarray, interval: float) -> tuple[
     if inputs.reference_poses is not None:
         plans.append((inputs.reference_poses, REFERENCE_INTERVAL))
         roles.append("reference")
-    plans += [(agent, interval), (inputs.human_poses, HUMAN_INTERVAL)]
-    roles += ["agent", "human"]
+    plans.append((agent, interval))
+    roles.append("agent")
+    if inputs.human_poses is not None and len(inputs.human_poses):  # a hand-made case may lack the human log
+        plans.append((inputs.human_poses, HUMAN_INTERVAL))
+        roles.append("human")
     return plans, roles
 
 
@@ -402,12 +405,14 @@ def score_states_v2(inputs: SceneInputs, states: np.ndarray, roles: list[str],
     """The EPDMS rows of already simulated proposals (see ``score_proposals_v2``)."""
     sub = sub_scores_v2(inputs, states)
 
-    a, h = roles.index("agent"), roles.index("human")
+    a = roles.index("agent")
+    h = roles.index("human") if "human" in roles else None
     mult = sub["nc"] * sub["dac"] * sub["ddc"] * sub["tlc"]
     together = [i for i in range(len(roles)) if i != h]
     ep = np.ones(len(roles))
     ep[together] = ego_progress_v2(sub["raw_progress"][together], mult[together])
-    ep[h] = ego_progress_v2(sub["raw_progress"][[h]], mult[[h]])[0]
+    if h is not None:
+        ep[h] = ego_progress_v2(sub["raw_progress"][[h]], mult[[h]])[0]
     ec = np.full(len(roles), np.nan)
     if previous_states is not None:
         ec[a] = two_frame_extended_comfort(states[a], previous_states, previous_dt_s)[0]
@@ -415,7 +420,7 @@ def score_states_v2(inputs: SceneInputs, states: np.ndarray, roles: list[str],
     out = {key: sub[key].copy() for key in ("nc", "dac", "ddc", "tlc", "ttc", "lk", "hc")}
     out.update(ep=ep, ec=ec)
     filtered: list[str] = []
-    if human_filter:
+    if human_filter and h is not None:
         row, filtered = human_penalty_filter({k: out[k][a] for k in FILTER_KEYS}, {k: out[k][h] for k in FILTER_KEYS})
         for key in filtered:
             out[key][a] = row[key]

@@ -91,7 +91,7 @@ class SceneInputs:
     centerline: np.ndarray  # (N, 2) route centerline from the ego's lane
     speed_limit: float  # m/s of the starting lane (PDM-Closed's IDM target; NaN: unknown -> 15 m/s fallback)
     red_lights: RedLights
-    human_poses: np.ndarray  # (8, 3) logged future in the current rear-axle frame, 0.5 s apart
+    human_poses: np.ndarray | None  # (8, 3) logged future in the current rear-axle frame, 0.5 s apart
     past_states: np.ndarray  # (4, 11) logged ego states at -1.5, -1.0, -0.5, 0 s (global)
     past_times_s: np.ndarray  # (4,)
     reference_poses: np.ndarray | None = None  # (M, 3) PDM-Closed plan, current frame, REFERENCE_INTERVAL apart
@@ -144,7 +144,7 @@ class SceneInputs:
             speed_limit=self.speed_limit,
             red_lights=RedLights(list(self.red_lights.lane_ids), [geom(p) for p in self.red_lights.polygons],
                                  self.red_lights.red.copy()),
-            human_poses=self.human_poses.copy(), past_states=state(self.past_states),
+            human_poses=None if self.human_poses is None else self.human_poses.copy(), past_states=state(self.past_states),
             past_times_s=self.past_times_s.copy(),
             reference_poses=None if self.reference_poses is None else self.reference_poses.copy(),
             previous_token=self.previous_token, driving_commands=self.driving_commands,
@@ -175,7 +175,7 @@ class SceneInputs:
             "red_lights": {"lane_ids": self.red_lights.lane_ids,
                            "polygons": [geometry_to_list(p) for p in self.red_lights.polygons],
                            "red": self.red_lights.red.astype(int).tolist()},
-            "human_poses": self.human_poses.tolist(),
+            "human_poses": None if self.human_poses is None else self.human_poses.tolist(),
             "past_states": self.past_states.tolist(),
             "past_times_s": self.past_times_s.tolist(),
             "reference_poses": None if self.reference_poses is None else self.reference_poses.tolist(),
@@ -185,30 +185,34 @@ class SceneInputs:
 
     @classmethod
     def from_dict(cls, d: dict, drivable: DrivableMap | None = None) -> SceneInputs:
-        """``drivable`` replaces ``d["drivable"]`` (the metric cache stores a log's polygons once)."""
-        rl = d["red_lights"]
+        """``drivable`` replaces ``d["drivable"]`` (the metric cache stores a log's polygons once). Required keys:
+        token, initial_state, sightings, drivable, centerline; the others are optional (hand-made cases)."""
+        rl = d.get("red_lights") or {"lane_ids": [], "polygons": [], "red": []}
         ids = list(rl["lane_ids"])
         red = np.asarray(rl["red"], dtype=bool).reshape(len(ids), -1) if ids else np.zeros((0, 1), dtype=bool)
         ref = d.get("reference_poses")
         init = np.asarray(d["initial_state"], dtype=np.float64)
         if init.shape != (len(StateIndex),):
             raise ValueError(f"initial_state must have {len(StateIndex)} entries (StateIndex order), got {init.shape}")
+        past = d.get("past_states")
+        human = d.get("human_poses")
+        cmds = d.get("driving_commands")
         return cls(
-            token=d["token"], log_name=d.get("log_name", ""), family=d.get("family", ""), t0_us=int(d["t0_us"]),
+            token=d["token"], log_name=d.get("log_name", ""), family=d.get("family", ""), t0_us=int(d.get("t0_us", 0)),
             initial_state=init,
             sightings=[Sighting.from_dict(s) for s in d["sightings"]],
             drivable=drivable if drivable is not None else DrivableMap.from_dict(d["drivable"]),
-            route_roadblocks=list(d["route_roadblocks"]),
+            route_roadblocks=list(d.get("route_roadblocks", [])),
             centerline=np.asarray(d["centerline"], dtype=np.float64).reshape(-1, 2),
             speed_limit=float("nan") if d.get("speed_limit") is None else float(d["speed_limit"]),
             red_lights=RedLights(ids, [geometry_from_list(p) for p in rl["polygons"]], red),
-            human_poses=np.asarray(d["human_poses"], dtype=np.float64).reshape(-1, 3),
-            past_states=np.asarray(d["past_states"], dtype=np.float64).reshape(-1, len(StateIndex)),
-            past_times_s=np.asarray(d["past_times_s"], dtype=np.float64),
+            human_poses=None if human is None else np.asarray(human, dtype=np.float64).reshape(-1, 3),
+            past_states=(init[None].copy() if past is None
+                         else np.asarray(past, dtype=np.float64).reshape(-1, len(StateIndex))),
+            past_times_s=np.asarray(d.get("past_times_s", [0.0] if past is None else None), dtype=np.float64),
             reference_poses=None if ref is None else np.asarray(ref, dtype=np.float64).reshape(-1, 3),
             previous_token=d.get("previous_token"),
-            driving_commands=None if d.get("driving_commands") is None else np.asarray(d["driving_commands"],
-                                                                                       dtype=np.float32),
+            driving_commands=None if cmds is None else np.asarray(cmds, dtype=np.float32),
         )
 
 
