@@ -283,3 +283,24 @@ def test_input_errors_are_clear():
         VectorQuantizer(QuantizerConfig(mode="gumbel"))
     with pytest.raises(ValueError, match="latent groups"):
         ForwardDynamics(D, T, tiny_cfg(), (8,))(feat_t, [])
+
+
+def test_fitted_inputs_projection_and_difference_round_trip(tmp_path):
+    """fit_inputs standardises ego motion and PCA-projects features; both survive save/load; idm_diff trains."""
+    cfg = copy.deepcopy(tiny_cfg())
+    cfg.feat_proj, cfg.idm_diff = 4, True
+    gen = torch.Generator().manual_seed(0)
+    feat_t, feat_tp, ego_motion = make_batch(gen, 32)[:3]
+    model = LatentActionModel(cfg, feat_dim=feat_t.shape[-1], tokens=feat_t.shape[1])
+    model.fit_inputs(torch.cat([feat_t, feat_tp]), ego_motion * 10 + 3)
+    assert torch.allclose(model.motion_mean, ego_motion.mean(0) * 10 + 3, atol=1e-4)
+    basis = model.feat_basis
+    assert basis.shape == (feat_t.shape[-1], 4)
+    assert torch.allclose(basis.t() @ basis, torch.eye(4), atol=1e-4)  # orthonormal principal directions
+    out = model(feat_t, feat_tp, ego_motion)
+    assert out["pred"].shape == (32, feat_t.shape[1], 4) and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    model.save(tmp_path / "m.safetensors")
+    loaded = LatentActionModel.load(tmp_path / "m.safetensors")
+    assert torch.equal(loaded.feat_basis, model.feat_basis) and torch.equal(loaded.motion_std, model.motion_std)
+    assert torch.equal(loaded.encode_ego(feat_t, feat_tp), model.encode_ego(feat_t, feat_tp))

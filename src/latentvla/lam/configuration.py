@@ -41,6 +41,8 @@ class LAMModelConfig:
     heads: int = 4
     num_queries: int = 3  # latent tokens per window
     ego_motion_dim: int = 9  # stage-1 IDM condition: window end pose in the start frame (3) + ego status (6)
+    feat_proj: int = 0  # > 0: fixed PCA projection of the frozen features to this many dims (fitted on train)
+    idm_diff: bool = False  # the IDMs see (feat_t, feat_tp - feat_t) instead of (feat_t, feat_tp)
     env: QuantizerConfig = field(default_factory=QuantizerConfig)
     ego: QuantizerConfig = field(default_factory=QuantizerConfig)
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from latentvla.lam.configuration import LAMModelConfig, QuantizerConfig
 
-FORMAT = "latentvla.lam/1"
+FORMAT = "latentvla.lam/2"  # 2: input statistics (ego-motion standardisation, feature projection)
 _MODES = ("ema", "straight-through")
 
 
@@ -287,11 +287,15 @@ class _IDMCore(nn.Module):
         self.transformer = Transformer(cfg.dim, cfg.depth, cfg.heads)
         self.head = nn.Linear(cfg.dim, code_dim)
         self.norm = nn.BatchNorm1d(code_dim, affine=False)
+        # idm_diff: the second frame enters as the change feat_tp - feat_t (own LayerNorm and embeddings), so the
+        # transformer need not learn to subtract two 1280-d token sets to see what moved.
+        self.embed_diff = FeatureTokens(feat_dim, tokens, cfg.dim, frames=1) if cfg.idm_diff else None
 
     def _encode(self, feat_t: Tensor, feat_tp: Tensor, extra: list[Tensor]) -> Tensor:
         b = _check_frames(feat_t, feat_tp, self.tokens, self.feat_dim)
         q = self.queries.expand(b, -1, -1)
-        x = torch.cat([q, self.embed(feat_t, 0), self.embed(feat_tp, 1), *extra], dim=1)
+        second = self.embed(feat_tp, 1) if self.embed_diff is None else self.embed_diff(feat_tp - feat_t, 0)
+        x = torch.cat([q, self.embed(feat_t, 0), second, *extra], dim=1)
         if self.training and b * q.shape[1] < 2:
             raise ValueError("training needs batch * num_queries >= 2 (the latents are batch-normalised)")
         z = self.head(self.transformer(x)[:, : q.shape[1]])
@@ -399,16 +403,58 @@ class LatentActionModel(nn.Module):
             raise ValueError(f"feat_dim and tokens must be >= 1, got {feat_dim}, {tokens}")
         if cfg.ego_motion_dim < 1:
             raise ValueError(f"ego_motion_dim must be >= 1, got {cfg.ego_motion_dim}")
+        if cfg.feat_proj < 0 or cfg.feat_proj > feat_dim:
+            raise ValueError(f"feat_proj must be in [0, feat_dim={feat_dim}], got {cfg.feat_proj}")
         self.cfg, self.feat_dim, self.tokens = cfg, feat_dim, tokens
+        # Fixed input statistics, set from the train split by ``fit_inputs`` before stage 1 (saved with the weights):
+        # the ego motion is standardised per dimension (metres, radians and m/s differ by 10-100x in spread), and
+        # with ``feat_proj`` the features are centred and projected onto their top principal components, which
+        # makes every model cheaper (the 1280-d projections dominate CPU time) and the reconstruction target
+        # the feature variance that matters. Identity until fitted.
+        self.register_buffer("motion_mean", torch.zeros(cfg.ego_motion_dim))
+        self.register_buffer("motion_std", torch.ones(cfg.ego_motion_dim))
+        dim = cfg.feat_proj or feat_dim
+        if cfg.feat_proj:
+            self.register_buffer("feat_mean", torch.zeros(feat_dim))
+            self.register_buffer("feat_basis", torch.eye(feat_dim)[:, :dim].clone())
         env_d, ego_d = cfg.env.code_dim, cfg.ego.code_dim
-        self.env_idm = ConditionedInverseDynamics(feat_dim, tokens, cfg, env_d, cfg.ego_motion_dim)
+        self.env_idm = ConditionedInverseDynamics(dim, tokens, cfg, env_d, cfg.ego_motion_dim)
         self.env_vq = VectorQuantizer(cfg.env, generator)
-        self.fdm1 = ForwardDynamics(feat_dim, tokens, cfg, (env_d,), cond_dim=cfg.ego_motion_dim)
-        self.ego_idm = InverseDynamics(feat_dim, tokens, cfg, ego_d)
+        self.fdm1 = ForwardDynamics(dim, tokens, cfg, (env_d,), cond_dim=cfg.ego_motion_dim)
+        self.ego_idm = InverseDynamics(dim, tokens, cfg, ego_d)
         self.ego_vq = VectorQuantizer(cfg.ego, generator)
-        self.fdm2 = ForwardDynamics(feat_dim, tokens, cfg, (env_d, ego_d))  # no ego motion
+        self.fdm2 = ForwardDynamics(dim, tokens, cfg, (env_d, ego_d))  # no ego motion
         self.stage = 1
         self.set_stage(1)
+
+    @torch.no_grad()
+    def fit_inputs(self, features: Tensor, ego_motion: Tensor, max_rows: int = 20000) -> None:
+        """Set the input statistics from train data: ``features`` (N, tokens, feat_dim) frames, ``ego_motion``
+        (M, ego_motion_dim) windows. Deterministic (an evenly spaced subset of at most ``max_rows`` tokens)."""
+        check_tensor("features", features, (None, self.tokens, self.feat_dim))
+        check_tensor("ego_motion", ego_motion, (None, self.cfg.ego_motion_dim))
+        self.motion_mean.copy_(ego_motion.mean(0))
+        std = ego_motion.std(0) if len(ego_motion) > 1 else torch.ones_like(self.motion_mean)
+        self.motion_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        if self.cfg.feat_proj:
+            flat = features.reshape(-1, self.feat_dim).double()
+            flat = flat[torch.linspace(0, len(flat) - 1, min(len(flat), max_rows)).long()]
+            mean = flat.mean(0)
+            _, _, vh = torch.linalg.svd(flat - mean, full_matrices=False)
+            basis = vh[: self.cfg.feat_proj].t()
+            basis = basis * torch.where(basis.sum(0) < 0, -1.0, 1.0)  # deterministic signs
+            self.feat_mean.copy_(mean.float())
+            self.feat_basis[:, : basis.shape[1]].copy_(basis.float())
+
+    def _prepare(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor | None
+                 ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Raw inputs -> the models' inputs (projected features, standardised ego motion)."""
+        if self.cfg.feat_proj:
+            feat_t = (feat_t - self.feat_mean) @ self.feat_basis
+            feat_tp = (feat_tp - self.feat_mean) @ self.feat_basis
+        if ego_motion is not None:
+            ego_motion = (ego_motion - self.motion_mean) / self.motion_std
+        return feat_t, feat_tp, ego_motion
 
     def _stage_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
         return [self.env_idm, self.env_vq, self.fdm1], [self.ego_idm, self.ego_vq, self.fdm2]
@@ -444,6 +490,7 @@ class LatentActionModel(nn.Module):
     def forward(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> dict[str, Tensor]:
         """One training/validation pass of the current stage; ``loss`` is what the optimiser should minimise."""
         self._check_inputs(feat_t, feat_tp, ego_motion)
+        feat_t, feat_tp, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
         copy_mse = F.mse_loss(feat_t, feat_tp).detach()
         out: dict[str, Tensor] = {"copy_mse": copy_mse}
         if self.stage == 1:
@@ -483,12 +530,14 @@ class LatentActionModel(nn.Module):
     def encode_ego(self, feat_t: Tensor, feat_tp: Tensor) -> Tensor:
         """Ego codes (B, Q) from the two frames only: the labels a VLA learns to predict."""
         self._check_inputs(feat_t, feat_tp, None)
+        feat_t, feat_tp, _ = self._prepare(feat_t, feat_tp, None)
         with self._inference():
             return self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[0]
 
     def encode(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> tuple[Tensor, Tensor]:
         """(env_codes (B, Q), ego_codes (B, Q)) in eval mode; changes nothing. Ego codes ignore ``ego_motion``."""
         self._check_inputs(feat_t, feat_tp, ego_motion)
+        feat_t, feat_tp, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
         with self._inference():
             env = self.env_vq.quantize(self.env_idm(feat_t, feat_tp, ego_motion))[0]
             ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[0]
@@ -497,6 +546,7 @@ class LatentActionModel(nn.Module):
     def latent_vectors(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> dict[str, Tensor]:
         """Quantised latents {"env": (B, Q, env code_dim), "ego": (B, Q, ego code_dim)}, e.g. for linear probes."""
         self._check_inputs(feat_t, feat_tp, ego_motion)
+        feat_t, feat_tp, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
         with self._inference():
             env = self.env_vq.quantize(self.env_idm(feat_t, feat_tp, ego_motion))[1]
             ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[1]

@@ -121,6 +121,7 @@ def train(data: str | Path, run: str | Path, cfg: LAMConfig, stages: str = "both
     train_set, val_set = load_split(store, cache, cfg, "train"), load_split(store, cache, cfg, "val")
     sample = train_set[0][0]
     model = LatentActionModel(cfg.model, feat_dim=sample.shape[-1], tokens=sample.shape[0])
+    model.fit_inputs(torch.cat([f.float() for f in train_set.features]), torch.from_numpy(train_set.windows.motion))
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
     trained = False
     for stage in (1, 2):
