@@ -40,6 +40,11 @@ def test_report_json_contract(lam_run, runner, tiny_world):
     assert all(math.isfinite(v) for v in report.values())
     assert 1.0 <= report["perplexity_ego"] <= 8 and 1 <= report["codes_used_ego"] <= 8  # quick codebook: 8 codes
     assert json.loads((run / "metrics.json").read_text())["perplexity_ego"] == report["perplexity_ego"]
+    import cv2
+
+    for name in ("code_usage.png", "codes_ego.png", "codes_env.png"):
+        image = cv2.imread(str(run / "report" / name))
+        assert image is not None and image.shape[0] > 50, name
 
 
 def test_label_every_split_once(lam_run, runner, tiny_world, tiny_store):

@@ -120,7 +120,8 @@ def label(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fal
 
 def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = False,
            cache_root: str | Path | None = None) -> dict:
-    """The contract metrics on the test split (probes fitted on train); also merged into RUN/metrics.json."""
+    """The contract metrics on the test split (probes fitted on train); also merged into RUN/metrics.json. Figures:
+    RUN/report/code_usage.png and, per codebook, codes_<ego|env>.png (example windows of each code)."""
     run, data = Path(run), Path(data)
     cfg, model = load_run(run)
     store = SceneStore(data, verify_blobs=False)
@@ -146,6 +147,13 @@ def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fa
         out[f"probe_{name}_agents"] = M.probe_r2(x_tr, train["agents"].reshape(-1, 2), x_te,
                                                  test["agents"].reshape(-1, 2))
     out = {k: out[k] for k in REPORT_KEYS}
+    from latentvla.lam.figures import code_examples_figure, code_usage_figure
+
+    figures = run / "report"
+    code_usage_figure({"ego": test["ego"], "env": test["env"]}, {"ego": n_ego, "env": n_env},
+                      figures / "code_usage.png")
+    for name, size in (("ego", n_ego), ("env", n_env)):
+        code_examples_figure(store, cfg, test["tokens"], test[name], size, figures / f"codes_{name}.png")
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
     metrics.update(out, test_scenes=len(test["tokens"]))
     write_json(run / "metrics.json", metrics, indent=1)
