@@ -10,6 +10,7 @@ and ``metrics.json``.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,15 @@ def _module(model, stage: int, cfg: LAMConfig):
 
 def train_stage(model, stage: int, train: WindowFeatures, val: WindowFeatures, cfg: LAMConfig, run: Path,
                 resume: bool, quiet: bool) -> dict:
+    import logging
+
     import lightning as L
+
+    if quiet:  # Lightning's banner lines (accelerators, tips) on every stage
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    # Expected in stage 2 (the frozen stage-1 modules stay in eval mode) and a Lightning-internal deprecation.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
     model.set_stage(stage)
     steps = cfg.train.steps_stage1 if stage == 1 else cfg.train.steps_stage2
