@@ -39,7 +39,11 @@ def test_report_json_contract(lam_run, runner, tiny_world):
     assert set(report) == set(REPORT_KEYS)
     assert all(math.isfinite(v) for v in report.values())
     assert 1.0 <= report["perplexity_ego"] <= 8 and 1 <= report["codes_used_ego"] <= 8  # quick codebook: 8 codes
-    assert json.loads((run / "metrics.json").read_text())["perplexity_ego"] == report["perplexity_ego"]
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["perplexity_ego"] == report["perplexity_ego"]
+    diag = saved["diagnostics"]  # beside the contract keys, not in --json
+    assert set(diag) == {"recon_gain", "recon_gain_ego_shuffled", "recon_gain_env_shuffled"}
+    assert all(math.isfinite(v) for v in diag.values())
     import cv2
 
     for name in ("code_usage.png", "codes_ego.png", "codes_env.png"):

@@ -552,6 +552,22 @@ class LatentActionModel(nn.Module):
             ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[1]
         return {"env": env, "ego": ego}
 
+    def shuffled_recon(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor, perm: Tensor
+                       ) -> dict[str, Tensor]:
+        """Stage-2 prediction error with the real latents and with the ego / env latents permuted across the batch
+        by ``perm``: how much the reconstruction actually relies on each latent (a diagnostic, not a loss)."""
+        self._check_inputs(feat_t, feat_tp, ego_motion)
+        feat_t, feat_tp, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
+        with self._inference():
+            env = self.env_vq.quantize(self.env_idm(feat_t, feat_tp, ego_motion))[1]
+            ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[1]
+
+            def err(e: Tensor, g: Tensor) -> Tensor:
+                return F.mse_loss(self.fdm2(feat_t, [e, g]), feat_tp)
+
+            return {"recon_mse": err(env, ego), "ego_shuffled_mse": err(env, ego[perm]),
+                    "env_shuffled_mse": err(env[perm], ego), "copy_mse": F.mse_loss(feat_t, feat_tp)}
+
     def save(self, path: str | Path) -> None:
         """One safetensors file; config, feat_dim, tokens and stage go into its string metadata."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}

@@ -61,10 +61,29 @@ def agents_motion(frames: list[dict], start: int, end: int) -> np.ndarray:
     return np.mean([d for _, d in found[:NEAREST_AGENTS]], axis=0)
 
 
+def _shuffle_diagnostic(model, batch: list[tuple], seed: int) -> dict[str, float]:
+    ft, ftp, em = (torch.cat(x) for x in zip(*batch))
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(ft)))
+    return {k: float(v) * len(ft) for k, v in model.shuffled_recon(ft, ftp, em, perm).items()}
+
+
 def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str) -> dict:
-    """Codes (N, W, Q) of both codebooks, window motions (N, W, 9), agents' motion (N, W, 2) and the feature
-    errors of the split's scenes."""
+    """Codes (N, W, Q) of both codebooks, window motions (N, W, 9), agents' motion (N, W, 2), the feature
+    errors of the split's scenes and the shuffled-latent diagnostic (recon gain with ego / env latents permuted
+    across windows, in chunks of ~256 windows)."""
     env, ego, motion, agents, tokens, recon, copy = [], [], [], [], [], [], []
+    chunk: list[tuple] = []
+    sums: dict[str, float] = {}
+    n_windows = 0
+
+    def flush() -> None:
+        nonlocal n_windows
+        if chunk:
+            for k, v in _shuffle_diagnostic(model, chunk, cfg.seed + len(sums) + n_windows).items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_windows += sum(len(c[0]) for c in chunk)
+            chunk.clear()
+
     wf = cfg.window_frames
     model.eval()
     for token in store.tokens(split):
@@ -80,10 +99,19 @@ def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str) ->
         frames = store._log(log)["frames"]
         agents.append(np.stack([agents_motion(frames, st, st + wf) for st in starts]))
         recon.append(float(out["recon_mse"])), copy.append(float(out["copy_mse"]))
+        chunk.append((ft, ftp, em))
+        if sum(len(c[0]) for c in chunk) >= 256:
+            flush()
+    flush()
     if not tokens:
         raise ValueError(f"split '{split}' has no scenes")
+    base = sums["copy_mse"]
+    names = {"recon_mse": "recon_gain", "ego_shuffled_mse": "recon_gain_ego_shuffled",
+             "env_shuffled_mse": "recon_gain_env_shuffled"}
+    diagnostics = {name: 1.0 - sums[k] / max(base, 1e-12) for k, name in names.items()}
     return {"tokens": tokens, "env": np.stack(env), "ego": np.stack(ego), "motion": np.stack(motion),
-            "agents": np.stack(agents), "recon_mse": float(np.mean(recon)), "copy_mse": float(np.mean(copy))}
+            "agents": np.stack(agents), "recon_mse": float(np.mean(recon)), "copy_mse": float(np.mean(copy)),
+            "diagnostics": diagnostics}
 
 
 def _open_cache(data: Path, cfg: LAMConfig, store: SceneStore, splits: tuple[str, ...], workers: int, quiet: bool,
@@ -155,6 +183,8 @@ def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fa
     for name, size in (("ego", n_ego), ("env", n_env)):
         code_examples_figure(store, cfg, test["tokens"], test[name], size, figures / f"codes_{name}.png")
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-    metrics.update(out, test_scenes=len(test["tokens"]))
+    # Diagnostics beside the contract keys (metrics.json only): the recon gain when the ego (or env) latents are
+    # permuted across windows shows how much the forward model relies on each latent.
+    metrics.update(out, test_scenes=len(test["tokens"]), diagnostics=test["diagnostics"])
     write_json(run / "metrics.json", metrics, indent=1)
     return out
