@@ -7,7 +7,7 @@ together well under 1 ms), then the whole ``score_proposals`` throughput in scen
 The scenes are timed as generated (~18 polygons, ~6 tracks) and densified with shifted copies of their tracks and map
 polygons (~100 polygons, ~30 tracks: the target's size, a stress case since the copies crowd the ego's path).
 
-    python benchmarks/bench_pdm_metrics.py [--scenes 40] [--world /tmp/bw] [--repeat 20]
+    python benchmarks/bench_pdm_metrics.py [--scenes 40] [--world DIR] [--repeat 20]
 
 The world is generated with ``latentvla world generate --profile quick --seed 3`` if ``--world`` does not exist.
 """
@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -115,10 +116,12 @@ def run(cases: list[tuple], repeat: int, label: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenes", type=int, default=40)
-    ap.add_argument("--world", type=Path, default=Path("/tmp/bw"))
+    ap.add_argument("--world", type=Path, default=None, help="dataset (default: a quick world in a temp folder)")
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
     pin_threads()
+    if args.world is None:
+        args.world = Path(tempfile.mkdtemp(prefix="bench_pdm_")) / "world"
     if not args.world.exists():
         exe = Path(sys.executable).with_name("latentvla")
         subprocess.run([str(exe), "world", "generate", "--out", str(args.world), "--scenes", str(args.scenes),

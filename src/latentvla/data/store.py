@@ -82,6 +82,14 @@ class SceneStore:
             raise ValueError(f"unknown split '{split}'; valid splits: {list(SPLIT_NAMES) + ['all']}")
         return [s["token"] for s in self.manifest["scenes"] if s["split"] == split]
 
+    def tokens_by_log(self, split: str | None = None) -> dict[str, list[str]]:
+        """Scene tokens of ``split`` grouped by log, logs and tokens in manifest order (splits are assigned by log,
+        so a log's scenes never straddle splits)."""
+        out: dict[str, list[str]] = {}
+        for tok in self.tokens(split):
+            out.setdefault(self._index[tok]["log"], []).append(tok)
+        return out
+
     def info(self, token: str) -> dict:
         """Manifest entry of a scene: token, family, command, log, split."""
         try:
@@ -242,6 +250,17 @@ class SceneStore:
     def verify(self, progress=None) -> list[str]:
         """Re-check every checksum; returns one line per missing or corrupt file (empty: all good)."""
         return verify_dataset(self.root, progress)
+
+
+_PROCESS_STORES: dict[str, SceneStore] = {}
+
+
+def process_store(root: str | Path) -> SceneStore:
+    """One checksum-verifying store per dataset and process, so pool workers parse each log once across jobs."""
+    key = str(root)
+    if key not in _PROCESS_STORES:
+        _PROCESS_STORES[key] = SceneStore(root, verify_blobs=True)
+    return _PROCESS_STORES[key]
 
 
 def verify_dataset(root: str | Path, progress=None) -> list[str]:

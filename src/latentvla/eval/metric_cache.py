@@ -23,7 +23,7 @@ import numpy as np
 import shapely
 
 from latentvla.config import config_hash, to_dict
-from latentvla.data.store import DataError, SceneStore
+from latentvla.data.store import DataError, SceneStore, process_store
 from latentvla.eval.observation import Tracks
 from latentvla.eval.pdm_metrics import DrivableMap
 from latentvla.eval.scene_inputs import V1_FUTURE_FRAMES, RedLights, SceneInputs, Sighting, scene_inputs
@@ -192,15 +192,6 @@ class _LogJob:
     out: str
 
 
-_STORES: dict[str, SceneStore] = {}
-
-
-def _store(root: str) -> SceneStore:
-    if root not in _STORES:
-        _STORES[root] = SceneStore(root, verify_blobs=True)
-    return _STORES[root]
-
-
 def build_log_entries(store: SceneStore, tokens: list[str]) -> list[SceneInputs]:
     """SceneInputs (with the PDM-Closed plan) for the scenes of one log, predecessor links included."""
     from latentvla.eval.reference import pdm_closed_plan
@@ -218,7 +209,7 @@ def build_log_entries(store: SceneStore, tokens: list[str]) -> list[SceneInputs]
 
 
 def _build_log(job: _LogJob) -> tuple[str, int]:
-    entries = build_log_entries(_store(job.data), job.tokens)
+    entries = build_log_entries(process_store(job.data), job.tokens)
     atomic_write_bytes(Path(job.out) / "shards" / f"{job.log}.bin", _encode_shard(job.log, entries))
     return job.log, len(entries)
 
@@ -290,9 +281,7 @@ class MetricCache:
 def build(data: Path, path: Path, workers: int = 1, quiet: bool = False, logs: list[str] | None = None) -> dict:
     """Compute the missing shards of ``logs`` (all logs if None); resumable (each shard is written atomically)."""
     store = SceneStore(data, verify_blobs=False)
-    by_log: dict[str, list[str]] = {}
-    for s in store.manifest["scenes"]:
-        by_log.setdefault(s["log"], []).append(s["token"])
+    by_log = store.tokens_by_log()
     wanted = sorted(by_log) if logs is None else sorted(logs)
     todo = [_LogJob(str(data), log, by_log[log], str(path)) for log in wanted
             if not (path / "shards" / f"{log}.bin").is_file()]

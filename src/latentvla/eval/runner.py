@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from latentvla.agents.base import Agent
-from latentvla.data.store import SceneStore
+from latentvla.data.store import SceneStore, process_store
 from latentvla.eval.metric_cache import MetricCache
 from latentvla.eval.scene_inputs import SceneInputs
 from latentvla.runtime.io import atomic_write_text, write_json
@@ -72,17 +72,15 @@ class _Job:
     metric: str
 
 
-_STATE: dict = {}
-
-
 def _open(job: _Job) -> tuple[SceneStore, MetricCache]:
-    key = (job.data, job.cache)
-    if _STATE.get("key") != key:
-        from latentvla.runtime.io import read_json
+    from latentvla.runtime.io import read_json
 
-        _STATE.update(key=key, store=SceneStore(job.data, verify_blobs=True),
-                      cache=MetricCache(Path(job.cache), read_json(Path(job.cache) / "index.json")))
-    return _STATE["store"], _STATE["cache"]
+    if _CACHES.get(job.cache) is None:
+        _CACHES[job.cache] = MetricCache(Path(job.cache), read_json(Path(job.cache) / "index.json"))
+    return process_store(job.data), _CACHES[job.cache]
+
+
+_CACHES: dict[str, MetricCache] = {}  # one reader per cache and process (its LRU of decoded shards)
 
 
 def _score_chunk(job: _Job) -> list[dict]:
@@ -132,9 +130,8 @@ def score_split(data: str | Path, agent: Agent, split: str = "test", metric: str
     if hasattr(agent, "check_tokens"):
         agent.check_tokens(tokens)
     cache = MetricCache.open(data, cache_root=cache_root, workers=workers, quiet=quiet, tokens=tokens)
-    by_log: dict[str, list[str]] = {}
-    for tok in tokens:
-        by_log.setdefault(store.info(tok)["log"], []).append(tok)
+    keep = set(tokens)
+    by_log = {log: [t for t in toks if t in keep] for log, toks in store.tokens_by_log(split).items()}
     jobs, chunk = [], []
     for toks in by_log.values():  # fixed partition (never depends on --workers): identical results
         chunk += toks

@@ -41,11 +41,7 @@ class WindowSet:
 
 def split_logs(store: SceneStore, split: str) -> list[str]:
     """Logs whose scenes belong to ``split`` (splits are assigned by log), in manifest order."""
-    seen: dict[str, None] = {}
-    for s in store.manifest["scenes"]:
-        if split == "all" or s["split"] == split:
-            seen.setdefault(s["log"], None)
-    return list(seen)
+    return list(store.tokens_by_log(split))
 
 
 def build_windows(store: SceneStore, logs: list[str], window_frames: int) -> WindowSet:

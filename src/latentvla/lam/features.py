@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from latentvla.config import config_hash, from_dict, to_dict
-from latentvla.data.store import DataError, SceneStore
+from latentvla.data.store import DataError, SceneStore, process_store
 from latentvla.eval.metric_cache import dataset_digest
 from latentvla.lam.configuration import EncoderConfig
 from latentvla.lam.encoder import FrameEncoder, build_encoder, encoder_fingerprint
@@ -46,8 +46,7 @@ def feature_cache_key(data_dir: str | Path, enc_cfg: EncoderConfig) -> str:
 
 def dataset_logs(store: SceneStore) -> list[str]:
     """Every log of the dataset, sorted."""
-    logs = store.manifest.get("logs") or {s["log"]: None for s in store.manifest["scenes"]}
-    return sorted(logs)
+    return sorted(store.tokens_by_log())
 
 
 def encode_log(store: SceneStore, encoder: FrameEncoder, log: str, camera: str
@@ -84,14 +83,7 @@ class _LogJob:
     out: str
 
 
-_STORES: dict[str, SceneStore] = {}
 _ENCODER: dict[str, FrameEncoder] = {}  # at most one: the last config used in this process
-
-
-def _store(root: str) -> SceneStore:
-    if root not in _STORES:
-        _STORES[root] = SceneStore(root, verify_blobs=True)
-    return _STORES[root]
 
 
 def _encoder(cfg_dict: dict) -> FrameEncoder:
@@ -105,7 +97,7 @@ def _encoder(cfg_dict: dict) -> FrameEncoder:
 
 def _build_log(job: _LogJob) -> tuple[str, int]:
     encoder = _encoder(job.encoder)
-    feats, tokens, stamps = encode_log(_store(job.data), encoder, job.log, encoder.cfg.camera)
+    feats, tokens, stamps = encode_log(process_store(job.data), encoder, job.log, encoder.cfg.camera)
     atomic_write_bytes(Path(job.out) / f"{job.log}.npz", log_file_bytes(feats, tokens, stamps))
     return job.log, len(tokens)
 
