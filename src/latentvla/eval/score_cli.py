@@ -71,15 +71,14 @@ def _scene_and_plan(data: Path, agent_spec: str, token: str, cache_dir: Path | N
 
 
 def run_explain(data: Path, agent_spec: str, token: str, metric: str, cache_dir: Path | None, workers: int) -> dict:
+    """The reasons behind each sub-score of one scene; the scores shown are the case's (``metric``'s) scores."""
+    from latentvla.eval.case import parse_case
     from latentvla.eval.explain import explain_lines, explain_pdms
 
-    _, _, agent, inputs, poses = _scene_and_plan(data, agent_spec, token, cache_dir, workers)
-    report = explain_pdms(inputs, poses)
-    if metric == "epdms":
-        from latentvla.eval.case import score_case
-
-        report["scores"] = score_case(_case_for(data, agent_spec, token, metric, cache_dir, workers))
-    Console().print(f"[bold]{agent.name}[/] on {token} ({METRICS[metric][0]})")
+    case = _case_for(data, agent_spec, token, metric, cache_dir, workers)
+    report = explain_pdms(*parse_case(case))
+    report["scores"] = {k: float("nan") if v is None else v for k, v in case["expected"].items()}
+    Console().print(f"[bold]{case['agent']}[/] on {token} ({METRICS[metric][0]})")
     for line in explain_lines(report):
         Console().print(line, highlight=False)
     return report
