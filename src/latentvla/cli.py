@@ -21,6 +21,8 @@ app.add_typer(world_app, name="world")
 app.add_typer(data_app, name="data")
 lam_app = typer.Typer(no_args_is_help=True, help="Latent action model: train (two stages), label, report.")
 app.add_typer(lam_app, name="lam")
+planner_app = typer.Typer(no_args_is_help=True, help="Planner hosts (transfuser | ipad | ego-mlp): train.")
+app.add_typer(planner_app, name="planner")
 
 console = Console(stderr=True)
 ProfileOpt = typer.Option("demo", "--profile", help="quick | demo | full")
@@ -232,6 +234,39 @@ def lam_report(
         return
     for k, v in metrics.items():
         Console().print(f"{k:18s} {v:.4f}" if isinstance(v, float) else f"{k:18s} {v}")
+
+
+def planner_config(host: str, profile: str, config: Path | None, overrides: list[str] | None):
+    from latentvla.config import resolve
+    from latentvla.planner.configuration import PlannerConfig
+
+    return resolve(PlannerConfig, "planner", profile, config, [f"host={host}", *(overrides or [])])
+
+
+@planner_app.command("train")
+@_friendly
+def planner_train(
+    data: Path = typer.Option(..., "--data", help="Dataset directory (trains on train, selects on val)."),
+    host: str = typer.Option(..., "--host", help="transfuser | ipad | ego-mlp"),
+    out: Path = typer.Option(..., "--out", help="Run directory (a valid --agent for `latentvla score`)."),
+    profile: str = ProfileOpt,
+    resume: bool = typer.Option(False, "--resume", help="Resume an interrupted run from its last checkpoint."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with config overrides."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Dotted override, e.g. train.epochs=5."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
+    metric_cache_dir: Path | None = typer.Option(None, "--metric-cache-dir",
+                                                 help="Metric cache root for iPad's anchor scores "
+                                                      "(default DATA/metric_cache)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train a planner host; the best val-ADE epoch becomes RUN/model.safetensors."""
+    from latentvla.planner.train import train
+
+    metrics = train(data, out, planner_config(host, profile, config, set_), resume=resume,
+                    workers=workers or _default_workers(), quiet=quiet, cache_root=cache_dir,
+                    metric_cache_root=metric_cache_dir)
+    console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
 
 
 class _ScoreCommand(TyperCommand):

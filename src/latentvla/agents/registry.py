@@ -6,7 +6,14 @@ from pathlib import Path
 
 from latentvla.agents.base import Agent
 
-AGENT_NAMES = ("constant-velocity", "log-replay", "pdm-closed", "predictions:FILE.json")
+AGENT_NAMES = ("constant-velocity", "log-replay", "pdm-closed", "predictions:FILE.json", "PLANNER_RUN_DIR")
+
+
+def _run_stage(path: Path) -> str:
+    from latentvla.runtime.io import read_json
+
+    run_json = path / "run.json"
+    return str(read_json(run_json).get("stage", "unknown")) if run_json.is_file() else "unknown"
 
 
 def load_agent(spec: str) -> Agent:
@@ -24,7 +31,13 @@ def load_agent(spec: str) -> Agent:
     path = Path(spec)
     if path.is_dir():
         if (path / "config.yaml").is_file():
-            raise ValueError(f"{path} is a run directory, but no trained-agent stage that can load it is built yet; "
-                             f"export its trajectories and score them with --agent predictions:FILE.json")
+            stage = _run_stage(path)
+            if stage == "planner":
+                from latentvla.planner.agent import PlannerAgent
+
+                return PlannerAgent(path)
+            raise ValueError(f"{path} is a '{stage}' run directory, which is not an agent; pass a planner run "
+                             f"(`latentvla planner train`) or score exported trajectories with "
+                             f"--agent predictions:FILE.json")
         raise ValueError(f"{path} is a directory but not a run directory (no config.yaml)")
     raise ValueError(f"unknown agent '{spec}'; valid agents: {', '.join(AGENT_NAMES)} or a run directory")

@@ -47,6 +47,8 @@ def run_score(data: Path, agent_spec: str, out: Path, split: str, metric: str, w
     if Path(out).suffix != ".csv":
         raise ValueError(f"--out must name a .csv file, got {out}")
     agent = load_agent(agent_spec)
+    if hasattr(agent, "use_cache"):  # trained planners read the split's cached features (built once per dataset)
+        agent.use_cache(data, split, workers=workers, quiet=quiet)
     rows, summary = score_split(data, agent, split=split, metric=metric, workers=workers, cache_root=cache_dir,
                                 quiet=quiet)
     summary_path = write_results(rows, summary, out, metric)

@@ -30,6 +30,9 @@ The package builds "SAME" convolutions with static padding computed for the mode
 module builds the network for the configured ``(image_height, image_width)`` instead (the ``image_size`` override
 of ``from_pretrained``), so the padding is TensorFlow's "SAME" for the size actually used.
 
+``load_lite0`` (the frozen model for a given input size), ``lite0_input`` (the normalisation) and
+``lite0_fingerprint`` are shared with the planner's multi-scale camera features (``latentvla.planner.features``).
+
 Weights provenance and licence:
 
 - Architecture: PyPI ``efficientnet-lite-pytorch`` 0.1.0 (ML Illustrated, a light fork of lukemelas'
@@ -160,6 +163,40 @@ def _freeze(model):
     return model
 
 
+def load_lite0(image_height: int, image_width: int, device: str = "cpu"):
+    """The frozen ImageNet EfficientNet-Lite0 (shipped PyPI weights) built for ``image_height x image_width`` inputs
+    ("SAME" padding for that size), in eval mode, ``requires_grad=False``, channels_last. Shared by the LAM encoder
+    and the planner's feature builder (``latentvla.planner.features``)."""
+    import torch
+
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise EncoderError(f"encoder '{EFFICIENTNET_LITE0}' needs the package efficientnet-lite-pytorch; "
+                           f"{_install_hint()}") from None
+    weights = _lite0_weights_path()
+    with contextlib.redirect_stdout(io.StringIO()):  # from_pretrained prints "Loaded pretrained weights ..."
+        model = EfficientNet.from_pretrained(EFFICIENTNET_LITE0, weights_path=str(weights),
+                                             image_size=[int(image_height), int(image_width)])
+    # channels_last: about 1.7x faster on CPU (oneDNN) than NCHW, and the numpy NHWC batch maps onto it as is
+    return _freeze(model.to(device, memory_format=torch.channels_last))
+
+
+def lite0_input(images: np.ndarray, device: str = "cpu"):
+    """RGB uint8 (B, H, W, 3) -> the normalised ``(x - 127) / 128`` float32 (B, 3, H, W) channels_last tensor."""
+    import torch
+
+    x = (np.asarray(images).astype(np.float32) - LITE_MEAN) / LITE_STD  # (B, H, W, 3)
+    return torch.from_numpy(x).permute(0, 3, 1, 2).to(device, memory_format=torch.channels_last)
+
+
+def lite0_fingerprint() -> str:
+    """16-hex digest of the EfficientNet-Lite0 weights file and this module's preprocessing version."""
+    h = hashlib.sha256(_PREPROCESS_VERSION.encode())
+    _hash_file(h, _lite0_weights_path())
+    return h.hexdigest()[:16]
+
+
 class EfficientNetLite0Encoder(FrameEncoder):
     """ImageNet EfficientNet-Lite0 (shipped on PyPI), frozen; tokens: ``extract_features`` pooled to ``grid``."""
 
@@ -172,26 +209,14 @@ class EfficientNetLite0Encoder(FrameEncoder):
         if self.grid[0] > fh or self.grid[1] > fw:
             raise EncoderError(f"encoder.grid {tuple(cfg.grid)} is finer than EfficientNet-Lite0's {fh}x{fw} feature "
                                f"map at {h}x{w} input; use a grid of at most ({fh}, {fw}) or larger images")
-        import torch
-
-        try:
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError:
-            raise EncoderError(f"encoder '{EFFICIENTNET_LITE0}' needs the package efficientnet-lite-pytorch; "
-                               f"{_install_hint()}") from None
-        weights = _lite0_weights_path()
-        with contextlib.redirect_stdout(io.StringIO()):  # from_pretrained prints "Loaded pretrained weights ..."
-            model = EfficientNet.from_pretrained(EFFICIENTNET_LITE0, weights_path=str(weights), image_size=[h, w])
         self.device = device
-        # channels_last: about 1.7x faster on CPU (oneDNN) than NCHW, and the numpy NHWC batch maps onto it as is
-        self.model = _freeze(model.to(device, memory_format=torch.channels_last))
-        self.weights_path = weights
+        self.model = load_lite0(h, w, device)
+        self.weights_path = _lite0_weights_path()
 
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
         import torch
 
-        x = (self._resized(images).astype(np.float32) - LITE_MEAN) / LITE_STD  # (B, H, W, 3)
-        t = torch.from_numpy(x).permute(0, 3, 1, 2).to(self.device, memory_format=torch.channels_last)
+        t = lite0_input(self._resized(images), self.device)
         if self.model.training:  # someone called .train() on the wrapped module: stay frozen
             self.model.eval()
         with torch.inference_mode():
@@ -313,10 +338,10 @@ def encoder_fingerprint(cfg: EncoderConfig) -> str:
     """16-hex digest of what the features depend on besides the config: the weights (and preprocessing version),
     computed without loading the model. ``efficientnet-lite0``: sha256 of the weights file; ``hf:<path>``: every
     file's name and size plus its contents (head and tail for files over 64 MiB)."""
-    h = hashlib.sha256(_PREPROCESS_VERSION.encode())
     if cfg.name == EFFICIENTNET_LITE0:
-        _hash_file(h, _lite0_weights_path())
-    elif cfg.name.startswith(HF_PREFIX):
+        return lite0_fingerprint()
+    h = hashlib.sha256(_PREPROCESS_VERSION.encode())
+    if cfg.name.startswith(HF_PREFIX):
         path = _hf_path(cfg.name)
         if not path.is_dir():
             raise EncoderError(f"encoder '{cfg.name}': local model directory {path} does not exist; save a Hugging "

@@ -1,0 +1,78 @@
+"""A trained planner run directory as an ``Agent``: ``latentvla score --agent runs/planner/<name>`` works.
+
+The agent sees only the ``AgentInput`` (ego history and the current frame's sensors), builds the same features as
+training (``FeatureBuilder``; the frozen camera backbone runs here instead of in the cache) and returns the host's
+trajectory. iPad's proposals and their combined scores are kept from the last call (``last_output``) for plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentvla.agents.base import Agent
+from latentvla.schema import AgentInput, Trajectory
+
+
+class PlannerAgent(Agent):
+    requires_scene = False
+    sensors = "current"
+
+    def __init__(self, run: str | Path, device: str = "cpu"):
+        from latentvla.planner.checkpoint import load_planner
+        from latentvla.planner.features import FeatureBuilder
+        from latentvla.planner.train import MODEL_FILE
+
+        self.run = Path(run)
+        path = self.run / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.run} has no {MODEL_FILE}: the planner run is unfinished (rerun "
+                                    f"`latentvla planner train ... --out {self.run} --resume`)")
+        self.model, self.cfg = load_planner(path, device)
+        self.device = device
+        self.name = f"{self.cfg.host}:{self.run.name}"
+        self.sensors = "none" if self.cfg.host == "ego-mlp" else "current"
+        self.builder = FeatureBuilder(self.cfg.features, device=device)
+        self.last_output: dict[str, np.ndarray] = {}
+        self.cache = None
+
+    def use_cache(self, data: str | Path, split: str, cache_root: str | Path | None = None, workers: int = 1,
+                  quiet: bool = True) -> None:
+        """Read the split's features from the planner cache (built if missing) instead of running the frozen
+        backbone per scene: identical inputs to what training saw, and no sensor decoding while scoring. The
+        agent then asks the runner for no sensors; a scene missing from the cache fails loudly."""
+        from latentvla.planner.cache import PlannerCache
+
+        if self.cfg.host == "ego-mlp":
+            return  # nothing to gain: ego status only
+        self.cache = PlannerCache.open(data, self.cfg.features, cache_root=cache_root, workers=workers, quiet=quiet,
+                                       splits=None if split == "all" else [split])
+        self.sensors = "none"
+
+    def features(self, agent_inputs: list[AgentInput]) -> dict[str, torch.Tensor]:
+        from latentvla.planner.features import FEATURE_DTYPES
+
+        if self.cache is not None:
+            return {k: torch.from_numpy(v).to(self.device)
+                    for k, v in self.cache.features([a.token for a in agent_inputs]).items()}
+        if self.cfg.host == "ego-mlp":  # ego status only: no sensors decoded, no backbone run
+            return {"ego_status": torch.from_numpy(np.stack([self.builder.ego_status(a) for a in agent_inputs]))}
+        # stored dtypes (float16 camera features) so live and cached inputs match what training saw
+        return {k: torch.from_numpy(np.asarray(v, dtype=FEATURE_DTYPES[k])).to(self.device)
+                for k, v in self.builder(agent_inputs).items()}
+
+    @torch.no_grad()
+    def plan(self, agent_inputs: list[AgentInput]) -> dict[str, np.ndarray]:
+        """Batched inference: every model output as numpy (``trajectory`` (B, 8, 3) among them)."""
+        out = self.model(self.features(agent_inputs))
+        return {k: v.detach().cpu().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    def compute_trajectory(self, agent_input: AgentInput, scene=None) -> Trajectory:
+        out = self.plan([agent_input])
+        self.last_output = {k: v[0] for k, v in out.items()}
+        return Trajectory(out["trajectory"][0].astype(np.float32))
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.cfg.host}, {self.run})"

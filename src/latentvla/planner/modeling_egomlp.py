@@ -1,0 +1,50 @@
+"""NAVSIM's EgoStatusMLP: the trajectory from the ego status alone (velocity, acceleration, command).
+
+The shortcut baseline: on NAVSIM it reaches 65.6 PDMS without seeing the scene, so every sensor-based host must
+beat it by a clear margin for its perception to count.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from latentvla.planner.configuration import PlannerConfig
+from latentvla.planner.modeling import (
+    EGO_DIM,
+    NUM_POSES,
+    POSE_DIM,
+    PlannerModel,
+    bounded_poses,
+    trajectory_l1,
+)
+
+
+class EgoMLPModel(PlannerModel):
+    """Normalised ego status -> ``layers`` hidden ReLU layers of width ``hidden`` -> 8 x (x, y, heading)."""
+
+    host = "ego-mlp"
+
+    def __init__(self, cfg: PlannerConfig) -> None:
+        super().__init__(cfg)
+        c = cfg.ego_mlp
+        if c.layers < 1 or c.hidden < 1:
+            raise ValueError(f"ego_mlp.layers and ego_mlp.hidden must be >= 1, got {c.layers}, {c.hidden}")
+        layers: list[nn.Module] = []
+        width = EGO_DIM
+        for _ in range(c.layers):
+            layers += [nn.Linear(width, c.hidden), nn.ReLU()]
+            width = c.hidden
+        layers.append(nn.Linear(width, NUM_POSES * POSE_DIM))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, features: dict[str, Tensor], context: Tensor | None = None) -> dict[str, Tensor]:
+        """``context`` exists for the common signature only: this host has no attention to inject it into."""
+        if context is not None:
+            raise ValueError("the ego-mlp host takes no context tokens")
+        ego = self.normalized_ego(features)
+        return {"trajectory": bounded_poses(self.mlp(ego).view(-1, NUM_POSES, POSE_DIM))}
+
+    def compute_loss(self, features: dict[str, Tensor], targets: dict[str, Tensor],
+                     predictions: dict[str, Tensor]) -> dict[str, Tensor]:
+        traj = trajectory_l1(predictions["trajectory"], targets["trajectory"])
+        return {"trajectory": traj, "loss": self.cfg.ego_mlp.trajectory_loss_weight * traj}

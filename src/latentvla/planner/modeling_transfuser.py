@@ -1,0 +1,156 @@
+"""TransFuser host (NAVSIM's TransFuser agent, scaled for CPU): fused camera + LiDAR trunk, one query decoder.
+
+The decoder reads the fused BEV tokens, one pooled camera token and one ego-status token. Its queries are one
+trajectory query (learned + ego embedding) and ``max_agents`` agent queries; heads turn them into the trajectory
+and agent boxes, and a small conv head turns the fused BEV map into the BEV semantic map. The decoded trajectory
+query is exposed as ``plan_features`` (B, 1, dim), and ``forward(..., context=...)`` appends extra key/value
+tokens (e.g. a teacher's embeddings) to the decoder memory, so fusion work can reuse the host unchanged.
+
+The query decoder, agent head and BEV head are reused by the iPad host.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentvla.planner.backbones import DecoderBlock, PerceptionTrunk
+from latentvla.planner.configuration import AGENT_STATE_COLUMNS, BEV_CLASSES, PlannerConfig
+from latentvla.planner.modeling import (
+    EGO_DIM,
+    NUM_POSES,
+    POSE_DIM,
+    PlannerModel,
+    agent_loss,
+    bev_semantic_loss,
+    bounded_poses,
+    check_shape,
+    trajectory_l1,
+)
+
+
+class QueryDecoder(nn.Module):
+    """Transformer decoder: queries attend to ``memory`` (+ optional ``context`` tokens appended to it)."""
+
+    def __init__(self, dim: int, heads: int, layers: int, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.ln_mem = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(DecoderBlock(dim, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.ln_out = nn.LayerNorm(dim)
+
+    def forward(self, queries: Tensor, memory: Tensor, context: Tensor | None = None) -> Tensor:
+        if context is not None:
+            check_shape("context", context, (memory.shape[0], None, self.dim))
+            memory = torch.cat([memory, context.to(memory.dtype)], dim=1)
+        memory = self.ln_mem(memory)
+        x = queries
+        for block in self.blocks:
+            x = block(x, memory)
+        return self.ln_out(x)
+
+
+class AgentHead(nn.Module):
+    """Decoded agent queries -> (x, y, heading, length, width) and an existence logit (NAVSIM bounds: x, y
+    tanh * range, heading tanh * pi)."""
+
+    def __init__(self, dim: int, range_m: float, mlp_ratio: int = 4) -> None:
+        super().__init__()
+        self.range_m = range_m
+        self.state = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.ReLU(), nn.Linear(mlp_ratio * dim,
+                                                                                          len(AGENT_STATE_COLUMNS)))
+        self.label = nn.Linear(dim, 1)
+
+    def forward(self, q: Tensor) -> tuple[Tensor, Tensor]:
+        s = self.state(q)
+        xy = torch.tanh(s[..., :2]) * self.range_m
+        heading = torch.tanh(s[..., 2:3]) * math.pi
+        return torch.cat([xy, heading, s[..., 3:]], dim=-1), self.label(q).squeeze(-1)
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> Tensor:
+    """(n_out, n_in) matrix of 1-D bilinear resampling, identical to F.interpolate(align_corners=False)."""
+    eye = torch.eye(n_in)[None]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].t().contiguous()
+
+
+class BEVSemanticHead(nn.Module):
+    """Fused BEV map (B, C, h, w) -> class logits (B, len(BEV_CLASSES), P, P): 3x3 conv, ReLU, 1x1 conv, then
+    bilinear upsampling (NAVSIM TransFuser's head, without its 64x64 FPN, which is too slow on CPU). The
+    upsampling is two small matrix products (same values as F.interpolate, much faster backward on CPU)."""
+
+    def __init__(self, channels: int, in_size: tuple[int, int], pixels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(channels, len(BEV_CLASSES), 1))
+        self.register_buffer("up_h", bilinear_matrix(in_size[0], pixels), persistent=False)
+        self.register_buffer("up_w", bilinear_matrix(in_size[1], pixels), persistent=False)
+
+    def forward(self, bev_map: Tensor) -> Tensor:
+        return torch.einsum("hi,bciw,jw->bchj", self.up_h, self.net(bev_map), self.up_w)
+
+
+def aux_losses(cfg: PlannerConfig, targets: dict[str, Tensor], predictions: dict[str, Tensor]
+               ) -> tuple[dict[str, Tensor], Tensor]:
+    """Agent and BEV-semantic terms and their weighted sum (weights from ``cfg.transfuser``, NAVSIM's split)."""
+    tf = cfg.transfuser
+    terms = agent_loss(predictions["agent_states"], predictions["agent_labels"], targets["agent_states"],
+                       targets["agent_labels"], tf.agent_class_weight, tf.agent_box_weight)
+    terms["bev_semantic"] = bev_semantic_loss(predictions["bev_semantic_map"], targets["bev_semantic_map"])
+    total = (tf.agent_loss_weight * (tf.agent_class_weight * terms["agent_class"]
+                                     + tf.agent_box_weight * terms["agent_box"])
+             + tf.bev_loss_weight * terms["bev_semantic"])
+    return terms, total
+
+
+class TransFuserModel(PlannerModel):
+    """Camera + LiDAR TransFuser; outputs ``trajectory``, ``agent_states`` (B, N, 5), ``agent_labels`` (B, N)
+    logits, ``bev_semantic_map`` (B, classes, P, P) logits and ``plan_features`` (B, 1, dim)."""
+
+    host = "transfuser"
+
+    def __init__(self, cfg: PlannerConfig) -> None:
+        super().__init__(cfg)
+        tf = cfg.transfuser
+        dim, n_agents = tf.dim, cfg.features.targets.max_agents
+        self.trunk = PerceptionTrunk(cfg)
+        self.ego_embed = nn.Linear(EGO_DIM, dim)
+        self.traj_query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.agent_queries = nn.Parameter(torch.randn(1, n_agents, dim) * 0.02)
+        self.decoder = QueryDecoder(dim, tf.heads, tf.decoder_layers, tf.mlp_ratio, tf.dropout)
+        self.traj_head = nn.Sequential(nn.Linear(dim, tf.mlp_ratio * dim), nn.ReLU(),
+                                       nn.Linear(tf.mlp_ratio * dim, NUM_POSES * POSE_DIM))
+        self.agent_head = AgentHead(dim, cfg.features.lidar.range_m, tf.mlp_ratio)
+        self.bev_head = BEVSemanticHead(self.trunk.bev_channels, self.trunk.bev_size,
+                                        cfg.features.targets.bev_pixels)
+
+    def forward(self, features: dict[str, Tensor], context: Tensor | None = None) -> dict[str, Tensor]:
+        """``context``: optional (B, T, dim) extra memory tokens for the query decoder (None: the plain host)."""
+        ego = self.ego_embed(self.normalized_ego(features))[:, None]  # (B, 1, dim)
+        trunk = self.trunk(features)
+        b = ego.shape[0]
+        memory = torch.cat([trunk.bev_tokens, trunk.image_token, ego], dim=1)
+        queries = torch.cat([self.traj_query + ego, self.agent_queries.expand(b, -1, -1)], dim=1)
+        out = self.decoder(queries, memory, context)
+        plan = out[:, :1]
+        agent_states, agent_labels = self.agent_head(out[:, 1:])
+        return {
+            "trajectory": bounded_poses(self.traj_head(plan).view(b, NUM_POSES, POSE_DIM)),
+            "agent_states": agent_states,
+            "agent_labels": agent_labels,
+            "bev_semantic_map": self.bev_head(trunk.bev_map),
+            "plan_features": plan,
+        }
+
+    def compute_loss(self, features: dict[str, Tensor], targets: dict[str, Tensor],
+                     predictions: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Unweighted terms (``trajectory``, ``agent_class``, ``agent_box``, ``bev_semantic``) and the
+        weighted total ``loss`` = 10 traj + agent (10 cls + 1 box) + bev, with the weights from the config."""
+        terms, aux = aux_losses(self.cfg, targets, predictions)
+        traj = trajectory_l1(predictions["trajectory"], targets["trajectory"])
+        terms["trajectory"] = traj
+        terms["loss"] = self.cfg.transfuser.trajectory_loss_weight * traj + aux
+        return terms
