@@ -75,17 +75,21 @@ def test_verify_exit_codes(runner, tiny_world, tmp_path):
 
 def test_demo_quick(runner, tmp_path):
     out = tmp_path / "demo"
-    r = runner.invoke(app, ["demo", "--out", str(out), "--profile", "quick", "--scenes", "14", "--workers", "1"])
+    r = runner.invoke(app, ["demo", "--out", str(out), "--profile", "quick", "--scenes", "28", "--workers", "1"])
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "demo.json").read_text())
-    assert summary["scenes"] == 14
+    assert summary["scenes"] == 28
     assert (out / "world_stats.png").is_file() and (out / "config.yaml").is_file()
     assert summary["gallery"] and all(cv2.imread(p) is not None for p in summary["gallery"])
     assert summary["provenance"]["inputs"]["manifest"]
-    assert set(summary["scores"]) == {"log-replay", "pdm-closed", "constant-velocity"}
+    assert set(summary["scores"]) == {"log-replay", "pdm-closed", "constant-velocity", "ego-mlp", "ipad"}
+    assert set(summary["planners"]) == {"ego-mlp", "ipad"}
+    assert (out / "planner" / "ipad" / "model.safetensors").is_file() and (out / "eval" / "ipad.pdms.csv").is_file()
     for scores in summary["scores"].values():
         assert 0.0 <= scores["pdms-v1.1"] <= 1.0 and 0.0 <= scores["epdms-v2"] <= 1.0
     assert (out / "eval" / "log-replay.pdms.csv").is_file() and (out / "eval" / "pdm-closed.epdms.summary.json").is_file()
-    # Running it again resumes (nothing regenerated) and succeeds.
-    r = runner.invoke(app, ["demo", "--out", str(out), "--profile", "quick", "--scenes", "14", "--workers", "1"])
+    # Running it again resumes (nothing regenerated or retrained) and succeeds.
+    weights = (out / "planner" / "ipad" / "model.safetensors").stat().st_mtime_ns
+    r = runner.invoke(app, ["demo", "--out", str(out), "--profile", "quick", "--scenes", "28", "--workers", "1"])
     assert r.exit_code == 0, r.output
+    assert (out / "planner" / "ipad" / "model.safetensors").stat().st_mtime_ns == weights

@@ -95,13 +95,27 @@ def world_show(
     data: Path = typer.Argument(..., help="Dataset directory."),
     scene: str = typer.Option(..., "--scene", help="Scene token."),
     out: Path = typer.Option(..., "--out", help="Output PNG."),
+    agent: str | None = typer.Option(None, "--agent",
+                                     help="Also draw this agent's plan: constant-velocity | log-replay | pdm-closed "
+                                          "| predictions:FILE.json | PLANNER_RUN_DIR (iPad: all its proposals)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Metric cache root for privileged agents "
+                                                                   "(default DATA/metric_cache)."),
 ) -> None:
-    """BEV (map, agents, lights, history, future, route) beside the cameras, future projected into cam_f0."""
+    """BEV (map, agents, lights, history, future, route) beside the cameras, future projected into cam_f0;
+    with --agent also the agent's plan (BEV and cam_f0) and, for iPad runs, its scored proposals (BEV)."""
     from latentvla.data.store import SceneStore
     from latentvla.viz.show import show_scene
 
-    path = show_scene(SceneStore(data), scene, out)
-    console.print(f"[green]wrote[/] {path}")
+    if agent is None:
+        path = show_scene(SceneStore(data), scene, out)
+        console.print(f"[green]wrote[/] {path}")
+        return
+    from latentvla.viz.planner_overlay import plan_for_scene, show_plan
+
+    plan = plan_for_scene(data, agent, scene, cache_dir=cache_dir)
+    path = show_plan(SceneStore(data), scene, out, plan)
+    extra = f", {len(plan.proposals)} proposals (selected #{plan.selected})" if plan.proposals is not None else ""
+    console.print(f"[green]wrote[/] {path} ({plan.agent}{extra})")
 
 
 @world_app.command("stats")

@@ -15,6 +15,8 @@ from latentvla.world.generate import generate
 
 GALLERY_PER_FAMILY = 2
 BASELINES = ("log-replay", "pdm-closed", "constant-velocity")
+DEMO_HOSTS = ("ego-mlp", "ipad")  # the shortcut baseline and the paper's host (transfuser: `planner train`)
+STAGES = 5
 
 
 def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, workers: int = 1,
@@ -25,12 +27,12 @@ def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, worker
     overrides = [f"scenes={scenes}"] if scenes is not None else []
     cfg = resolve(WorldConfig, "world", profile, overrides=overrides)
     world = out / "world"
-    console.rule(f"[bold]1/4 world[/] ({cfg.scenes} scenes, profile {profile})")
+    console.rule(f"[bold]1/{STAGES} world[/] ({cfg.scenes} scenes, profile {profile})")
     resume = (world / ".generation.json").is_file()
     generate(world, cfg, workers=workers, resume=resume, overwrite=False)
     store = SceneStore(world)
 
-    console.rule("[bold]2/4 statistics[/]")
+    console.rule(f"[bold]2/{STAGES} statistics[/]")
     from latentvla.world.stats import compute_stats, plot_stats
 
     stats = compute_stats(store)
@@ -38,7 +40,7 @@ def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, worker
     plot_stats(stats, out / "world_stats.png")
     console.print(f"families: {stats['families']}")
 
-    console.rule("[bold]3/4 gallery[/]")
+    console.rule(f"[bold]3/{STAGES} gallery[/]")
     from latentvla.viz.show import show_scene
 
     gallery = out / "gallery"
@@ -50,39 +52,78 @@ def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, worker
             continue
         shown[fam] = shown.get(fam, 0) + 1
         written.append(show_scene(store, token, gallery / f"{fam}_{token}.png"))
-    console.rule("[bold]4/4 baseline scores[/] (PDMS v1.1 and EPDMS v2 on split test)")
+    console.rule(f"[bold]4/{STAGES} baseline scores[/] (PDMS v1.1 and EPDMS v2 on split test)")
     if store.tokens("test"):
         scores = score_baselines(world, out / "eval", workers=workers, console=console)
     else:
         scores = {}
         console.print("[yellow]the world has no test scenes (too small to split): scoring skipped[/]")
+    console.rule(f"[bold]5/{STAGES} planner hosts[/] ({', '.join(DEMO_HOSTS)}; PDMS v1.1 and EPDMS v2 on split test)")
+    planners = {}
+    if store.tokens("train") and store.tokens("val") and store.tokens("test"):
+        planners = train_and_score_hosts(world, out, profile, workers=workers, console=console)
+        scores.update({name: p["scores"] for name, p in planners.items()})
+    else:
+        console.print("[yellow]the world lacks a train, val or test split: planner hosts skipped[/]")
     dump_yaml(cfg, out / "config.yaml")
     summary = {"world": str(world), "scenes": len(store), "stats": str(out / "world_stats.json"),
-               "gallery": [str(p) for p in written], "scores": scores,
+               "gallery": [str(p) for p in written], "scores": scores, "planners": planners,
                "provenance": provenance({"manifest": world / "manifest.json"})}
     write_json(out / "demo.json", summary, indent=1)
     console.print(f"[green]world[/]    {world}  ({len(store)} scenes; `latentvla data verify {world}`)")
     console.print(f"[green]stats[/]    {out / 'world_stats.json'}, {out / 'world_stats.png'}")
     console.print(f"[green]gallery[/]  {gallery}/ ({len(written)} images, {GALLERY_PER_FAMILY} per family)")
     console.print(f"[green]scores[/]   {out / 'eval'}/ (per-scene CSV + summary per agent and metric)")
+    if planners:
+        console.print(f"[green]planners[/] {out / 'planner'}/ (runs: `latentvla score --agent {out / 'planner' / 'ipad'}`)")
     return summary
+
+
+def score_agent(world: Path, agent, out: Path, workers: int = 1, console: Console | None = None) -> dict:
+    """PDMS v1.1 and EPDMS v2 of one agent on the test split: {metric version: mean}; CSVs under ``out``."""
+    from latentvla.eval.runner import score_split, write_results
+    from latentvla.eval.score_cli import summary_table
+
+    scores = {}
+    for metric in ("pdms", "epdms"):
+        rows, summary = score_split(world, agent, split="test", metric=metric, workers=workers)
+        write_results(rows, summary, out / f"{agent.name.split(':')[0]}.{metric}.csv", metric)
+        scores[summary["metric"]] = summary["mean"][metric]
+        if metric == "pdms" and console is not None:
+            console.print(summary_table(summary))
+    return scores
+
+
+def train_and_score_hosts(world: Path, out: Path, profile: str, workers: int = 1,
+                          console: Console | None = None) -> dict:
+    """Train the demo's planner hosts (reusing finished runs) and score them on the test split."""
+    from latentvla.config import resolve
+    from latentvla.planner.agent import PlannerAgent
+    from latentvla.planner.configuration import PlannerConfig
+    from latentvla.planner.train import train
+
+    console = console or Console(stderr=True)
+    result = {}
+    for host in DEMO_HOSTS:
+        run = out / "planner" / host
+        cfg = resolve(PlannerConfig, "planner", profile, overrides=[f"host={host}"])
+        metrics = train(world, run, cfg, workers=workers)
+        agent = PlannerAgent(run)
+        agent.use_cache(world, "test", workers=workers)
+        scores = score_agent(world, agent, out / "eval", workers=workers, console=console)
+        result[host] = {"run": str(run), "train_seconds": metrics.get("train_seconds"), "scores": scores}
+        console.print(f"{host}: PDMS {100 * scores['pdms-v1.1']:.1f} / EPDMS {100 * scores['epdms-v2']:.1f} "
+                      f"(trained in {metrics.get('train_seconds')} s)")
+    return result
 
 
 def score_baselines(world: Path, out: Path, workers: int = 1, console: Console | None = None) -> dict:
     """PDMS and EPDMS of the reference agents on the test split (builds the test split's metric cache)."""
     from latentvla.agents import load_agent
-    from latentvla.eval.runner import score_split, write_results
-    from latentvla.eval.score_cli import summary_table
 
     console = console or Console(stderr=True)
-    scores: dict[str, dict[str, float]] = {}
-    for metric in ("pdms", "epdms"):
-        for name in BASELINES:
-            rows, summary = score_split(world, load_agent(name), split="test", metric=metric, workers=workers)
-            write_results(rows, summary, out / f"{name}.{metric}.csv", metric)
-            scores.setdefault(name, {})[summary["metric"]] = summary["mean"][metric]
-            if metric == "pdms":
-                console.print(summary_table(summary))
+    scores = {name: score_agent(world, load_agent(name), out, workers=workers, console=console)
+              for name in BASELINES}
     console.print("  ".join(f"{n}: PDMS {100 * s['pdms-v1.1']:.1f} / EPDMS {100 * s['epdms-v2']:.1f}"
                             for n, s in scores.items()))
     return scores

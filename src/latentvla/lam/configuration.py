@@ -43,6 +43,11 @@ class LAMModelConfig:
     ego_motion_dim: int = 9  # stage-1 IDM condition: window end pose in the start frame (3) + ego status (6)
     feat_proj: int = 0  # > 0: fixed PCA projection of the frozen features to this many dims (fitted on train)
     idm_diff: bool = False  # the IDMs see (feat_t, feat_tp - feat_t) instead of (feat_t, feat_tp)
+    # > 0: stage 2's FDM also predicts the window's (standardised) ego motion, with this loss weight. The ego's
+    # odometry is part of what the logs observe at t + Δ, like the image; it is a reconstruction target only,
+    # never an input of the ego IDM, so the ego codes are pushed to carry what the ego did.
+    ego_recon_weight: float = 0.0
+    ego_recon_dims: list[int] = field(default_factory=list)  # ego-motion dims to predict (empty: all)
     env: QuantizerConfig = field(default_factory=QuantizerConfig)
     ego: QuantizerConfig = field(default_factory=QuantizerConfig)
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from latentvla.lam.configuration import LAMModelConfig, QuantizerConfig
 
-FORMAT = "latentvla.lam/2"  # 2: input statistics (ego-motion standardisation, feature projection)
+FORMAT = "latentvla.lam/3"  # 2: input statistics; 3: optional ego-motion readout of the stage-2 FDM
 _MODES = ("ema", "straight-through")
 
 
@@ -339,7 +339,8 @@ class ForwardDynamics(nn.Module):
     """
 
     def __init__(
-        self, feat_dim: int, tokens: int, cfg: LAMModelConfig, latent_dims: Sequence[int], cond_dim: int = 0
+        self, feat_dim: int, tokens: int, cfg: LAMModelConfig, latent_dims: Sequence[int], cond_dim: int = 0,
+        motion_out: int = 0,
     ) -> None:
         super().__init__()
         if not latent_dims:
@@ -354,8 +355,18 @@ class ForwardDynamics(nn.Module):
         self.transformer = Transformer(cfg.dim, cfg.depth, cfg.heads)
         self.head = nn.Linear(cfg.dim, feat_dim)
         nn.init.zeros_(self.head.bias)
+        # optional readout token -> the window's ego motion (a second reconstruction target, see LAMModelConfig)
+        self.motion_out = motion_out
+        if motion_out > 0:
+            self.motion_token = nn.Parameter(torch.randn(1, cfg.dim) * 0.5)
+            self.motion_head = nn.Linear(cfg.dim, motion_out)
 
     def forward(self, feat_t: Tensor, latents: Sequence[Tensor], cond: Tensor | None = None) -> Tensor:
+        return self.predict(feat_t, latents, cond)[0]
+
+    def predict(self, feat_t: Tensor, latents: Sequence[Tensor], cond: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
+        """(predicted feat_tp, predicted ego motion (B, motion_out) or None without a readout)."""
         b = _check_frames(feat_t, None, self.tokens, self.feat_dim)
         if len(latents) != len(self.latent_dims):
             raise ValueError(f"expected {len(self.latent_dims)} latent groups, got {len(latents)}")
@@ -371,8 +382,11 @@ class ForwardDynamics(nn.Module):
                 raise ValueError(f"ego_motion of shape ({b}, {self.cond_dim}) is required")
             check_tensor("ego_motion", cond, (b, self.cond_dim))
             parts.append(self.cond(cond)[:, None])
-        x = torch.cat([self.embed(feat_t, 0), *parts], dim=1)
-        return feat_t + self.head(self.transformer(x)[:, : self.tokens])
+        if self.motion_out:
+            parts.append(self.motion_token.expand(b, -1, -1))
+        y = self.transformer(torch.cat([self.embed(feat_t, 0), *parts], dim=1))
+        motion = self.motion_head(y[:, -1]) if self.motion_out else None
+        return feat_t + self.head(y[:, : self.tokens]), motion
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -423,7 +437,12 @@ class LatentActionModel(nn.Module):
         self.fdm1 = ForwardDynamics(dim, tokens, cfg, (env_d,), cond_dim=cfg.ego_motion_dim)
         self.ego_idm = InverseDynamics(dim, tokens, cfg, ego_d)
         self.ego_vq = VectorQuantizer(cfg.ego, generator)
-        self.fdm2 = ForwardDynamics(dim, tokens, cfg, (env_d, ego_d))  # no ego motion
+        bad = [d for d in cfg.ego_recon_dims if not 0 <= d < cfg.ego_motion_dim]
+        if bad:
+            raise ValueError(f"ego_recon_dims {bad} out of range for ego_motion_dim {cfg.ego_motion_dim}")
+        self.recon_dims = list(cfg.ego_recon_dims) or list(range(cfg.ego_motion_dim))
+        motion_out = len(self.recon_dims) if cfg.ego_recon_weight > 0 else 0
+        self.fdm2 = ForwardDynamics(dim, tokens, cfg, (env_d, ego_d), motion_out=motion_out)  # ego motion: output only
         self.stage = 1
         self.set_stage(1)
 
@@ -493,6 +512,7 @@ class LatentActionModel(nn.Module):
         feat_t, feat_tp, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
         copy_mse = F.mse_loss(feat_t, feat_tp).detach()
         out: dict[str, Tensor] = {"copy_mse": copy_mse}
+        aux: Tensor | float = 0.0
         if self.stage == 1:
             env = self.env_vq(self.env_idm(feat_t, feat_tp, ego_motion))
             pred = self.fdm1(feat_t, [env.quantized], ego_motion)
@@ -501,12 +521,16 @@ class LatentActionModel(nn.Module):
             with torch.no_grad():
                 env = self.env_vq(self.env_idm(feat_t, feat_tp, ego_motion))
             ego = self.ego_vq(self.ego_idm(feat_t, feat_tp))
-            pred = self.fdm2(feat_t, [env.quantized.detach(), ego.quantized])
+            pred, motion = self.fdm2.predict(feat_t, [env.quantized.detach(), ego.quantized])
             vq_loss = ego.loss
             out.update(ego_codes=ego.codes, ego_perplexity=ego.perplexity.detach(), ego_codes_used=ego.codes_used)
+            if motion is not None:  # the ego's own motion as a second reconstruction target
+                motion_mse = F.mse_loss(motion, ego_motion[:, self.recon_dims])
+                aux = aux + self.cfg.ego_recon_weight * motion_mse
+                out["motion_mse"] = motion_mse.detach()
         recon = F.mse_loss(pred, feat_tp)
         out.update(
-            loss=recon + vq_loss,
+            loss=recon + vq_loss + aux,
             recon_mse=recon.detach(),
             vq_loss=vq_loss.detach(),
             pred=pred,

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from latentvla.runtime.io import atomic_write_bytes
@@ -102,8 +104,12 @@ def show_scene(
     out_path: str | Path,
     extra_trajectories: dict[str, np.ndarray] | None = None,
     radius: float = 50.0,
+    bev_overlay: Callable[[Axes], object] | None = None,
 ) -> Path:
-    """Write one PNG for scene ``token``: BEV panel left, current camera images right; returns the path."""
+    """Write one PNG for scene ``token``: BEV panel left, current camera images right; returns the path.
+
+    ``bev_overlay(ax)`` draws extra content on the BEV axes after the map, boxes and ego and before the
+    trajectories (e.g. iPad's proposals, :mod:`latentvla.viz.planner_overlay`); legend entries it labels are kept."""
     scene = store.load_scene(token, sensors="current", with_sim_state=False)
     info = store.info(token)
     frame = scene.current_frame
@@ -129,6 +135,8 @@ def show_scene(
     ann = frame.annotations
     draw_boxes(ax, ann.boxes, ann.names, ann.brake_lights)
     draw_ego(ax)
+    if bev_overlay is not None:
+        bev_overlay(ax)
     draw_trajectory(ax, history, color=HISTORY_COLOR, label="history", from_origin=False, ms=2.5, lw=1.4)
     for name, poses, color in trajectories:
         if len(poses):
