@@ -37,6 +37,18 @@ def tiny_store(tiny_world):
     return SceneStore(tiny_world)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny batches gain
+    nothing from two, and on a busy 2-core machine OpenMP's spinning threads make steps up to 100x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def runner():
     from typer.testing import CliRunner

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,6 +22,8 @@ from latentvla.lam.modeling import (
     LatentActionModel,
     VectorQuantizer,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 T, D, K, E, EM = 6, 8, 4, 3, 5  # tokens, feature dim, ego shifts, env motions, ego_motion_dim (5: unique size)
 _g = torch.Generator().manual_seed(123)
@@ -58,15 +59,6 @@ def purity_gain(codes: torch.Tensor, labels: torch.Tensor) -> float:
 def tiny_cfg(mode: str = "ema", queries: int = 1, every: int = 20) -> LAMModelConfig:
     q = QuantizerConfig(codebook_size=8, code_dim=8, mode=mode, dead_code_every=every)
     return LAMModelConfig(dim=32, depth=1, heads=2, num_queries=queries, ego_motion_dim=EM, env=q, ego=q)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add overhead, and spin badly when other processes hold the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train(model: LatentActionModel, steps: int, seed: int, batch: int = 64, **opt_kw) -> list[float]:

@@ -38,6 +38,8 @@ from latentvla.planner.targets import (
 )
 from latentvla.schema import AgentInput, Annotations, Lidar, Scene, TrafficLightStatus
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CLS = {name: i for i, name in enumerate(BEV_CLASSES)}
 
 
@@ -47,17 +49,6 @@ def tiny_cfg(backbone: str = "efficientnet-lite0", cameras=("cam_l0", "cam_f0", 
                                                     backbone=backbone),
                          lidar=LidarFeatureConfig(range_m=32.0, pixels=32),
                          targets=TargetConfig(max_agents=8, bev_pixels=32), batch_size=16)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread: on a shared 2-core machine OpenMP's spinning threads can make batches 10x slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -21,18 +21,10 @@ from latentvla.planner.modeling import (
 from latentvla.planner.modeling_ipad import default_anchors, sampling_matrix, selection_score
 from latentvla.planner.modeling_transfuser import bilinear_matrix
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 P, N_AGENTS, N_PROP, H, W = 32, 4, 8, 32, 64
 S = len(PROPOSAL_SCORE_COLUMNS)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tiny batches gain nothing from two, and on a busy 2-core machine OpenMP
-    barriers between two threads make every small op wait for a scheduler slice (100x slower steps)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small_cfg(host: str, camera: str = "efficientnet-lite0") -> PlannerConfig:

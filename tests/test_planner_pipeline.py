@@ -7,21 +7,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from latentvla.cli import app
 from latentvla.planner.anchors import fit_anchors, score_anchors_batch
 from latentvla.planner.configuration import PROPOSAL_SCORE_COLUMNS
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HOSTS = ("ego-mlp", "transfuser", "ipad")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

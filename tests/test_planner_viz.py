@@ -5,18 +5,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 from matplotlib.figure import Figure
 
 from latentvla.cli import app
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

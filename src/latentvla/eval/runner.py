@@ -49,7 +49,11 @@ def agent_plan(agent: Agent, store: SceneStore, inputs: SceneInputs) -> np.ndarr
     else:
         agent_input = store.load_agent_input(inputs.token, sensors=agent.sensors != "none",
                                              history_sensors=agent.sensors == "history")
-    traj = agent.compute_trajectory(agent_input, inputs if agent.requires_scene else None)
+    return checked_poses(agent.compute_trajectory(agent_input, inputs if agent.requires_scene else None))
+
+
+def checked_poses(traj: object) -> np.ndarray:
+    """An agent's output as (8, 3) float64 poses; raises ValueError with the reason if it is unusable."""
     if not isinstance(traj, Trajectory):
         raise ValueError(f"agent returned {type(traj).__name__}, not a Trajectory")
     poses = np.asarray(traj.poses, dtype=np.float64)

@@ -32,7 +32,7 @@ from latentvla.data.store import DataError, SceneStore, process_store
 from latentvla.eval.metric_cache import dataset_digest
 from latentvla.lam.configuration import EncoderConfig
 from latentvla.lam.encoder import FrameEncoder, build_encoder, encoder_fingerprint
-from latentvla.runtime.io import atomic_write_bytes, npz_bytes, read_json, write_json
+from latentvla.runtime.io import atomic_write_bytes, check_cache_meta, npz_bytes
 from latentvla.runtime.parallel import parallel_map, progress_bar
 
 FEATURE_FORMAT = 1
@@ -140,19 +140,10 @@ class FeatureCache:
         path = Path(cache_root or data / "feature_cache") / key
         meta = {"key": key, "format": FEATURE_FORMAT, "encoder": to_dict(enc_cfg),
                 "weights": encoder_fingerprint(enc_cfg), "dataset": data.name}
-        meta_path = path / "meta.json"
-        if meta_path.is_file():
-            try:
-                old = read_json(meta_path)
-            except ValueError as e:
-                raise DataError(f"{e}; delete {path} to rebuild the feature cache") from None
-            for field in ("key", "format", "weights"):
-                if old.get(field) != meta[field]:
-                    raise DataError(f"feature cache {path} was built with {field}={old.get(field)!r}, not "
-                                    f"{meta[field]!r} (changed encoder weights or cache format); delete {path} to "
-                                    f"rebuild it")
-        else:
-            write_json(meta_path, meta, indent=1)
+        try:
+            check_cache_meta(path, meta, ("key", "format", "weights"), "feature cache")
+        except ValueError as e:
+            raise DataError(str(e)) from None
         cache = cls(path, enc_cfg, data, sorted(logs))
         cache.ensure(workers=workers, quiet=quiet)
         return cache

@@ -40,7 +40,7 @@ from latentvla.planner.features import (
     validate_feature_config,
 )
 from latentvla.planner.targets import TARGET_DTYPES, TARGET_KEYS, TargetBuilder, target_shapes
-from latentvla.runtime.io import atomic_write_bytes, npz_bytes, read_json, write_json
+from latentvla.runtime.io import atomic_write_bytes, check_cache_meta, npz_bytes
 from latentvla.runtime.parallel import parallel_map, progress_bar
 
 PLANNER_CACHE_FORMAT = 1
@@ -170,17 +170,10 @@ class PlannerCache:
         path = Path(cache_root or data / "planner_cache") / key
         meta = {"key": key, "format": PLANNER_CACHE_FORMAT, "features": to_dict(cfg),
                 "weights": _weights_fingerprint(cfg), "dataset": data.name}
-        meta_path = path / "meta.json"
-        if meta_path.is_file():
-            try:
-                old = read_json(meta_path)
-            except ValueError as e:
-                raise DataError(f"{e}; delete {path} to rebuild the planner cache") from None
-            if old.get("key") != key or old.get("format") != PLANNER_CACHE_FORMAT:
-                raise DataError(f"planner cache {path} has meta.json for key {old.get('key')!r} format "
-                                f"{old.get('format')!r}, not {key!r} format {PLANNER_CACHE_FORMAT}; delete {path}")
-        else:
-            write_json(meta_path, meta, indent=1)
+        try:
+            check_cache_meta(path, meta, ("key", "format", "weights"), "planner cache")
+        except ValueError as e:
+            raise DataError(str(e)) from None
         cache = cls(path, cfg, data, log_tokens, split_tokens)
         cache.ensure(workers=workers, quiet=quiet)
         return cache

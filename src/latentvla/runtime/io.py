@@ -120,3 +120,20 @@ def parse_sha256sums(path: Path) -> dict[str, str]:
             raise ValueError(f"{path}:{i} is not a 'sha256sum' line: {line!r}")
         out[parts[1].lstrip("*")] = parts[0]
     return out
+
+
+def check_cache_meta(path: Path, meta: Mapping[str, Any], fields: Iterable[str], what: str) -> None:
+    """Write ``path/meta.json`` for a new cache directory, or check that an existing one agrees with ``meta`` on
+    ``fields``; a mismatch or an unreadable file raises a ValueError that names the cache and says to delete it."""
+    meta_path = Path(path) / "meta.json"
+    if not meta_path.is_file():
+        write_json(meta_path, dict(meta), indent=1)
+        return
+    try:
+        old = read_json(meta_path)
+    except ValueError as e:
+        raise ValueError(f"{e}; delete {path} to rebuild the {what}") from None
+    for field in fields:
+        if old.get(field) != meta[field]:
+            raise ValueError(f"{what} {path} was built with {field}={old.get(field)!r}, not {meta[field]!r} "
+                             f"(changed config, weights or cache format); delete {path} to rebuild it")

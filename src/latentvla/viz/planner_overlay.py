@@ -21,7 +21,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
 
-from latentvla.schema import TRAJECTORY_POSES, Trajectory
+from latentvla.eval.runner import checked_poses
 
 PROPOSAL_CMAP = "plasma"
 SELECTED_COLOR = "#ffd700"
@@ -37,17 +37,6 @@ class ScenePlan:
     proposals: np.ndarray | None = None  # (N, 8, 3)
     scores: np.ndarray | None = None  # (N,) selection scores (higher is better)
     selected: int | None = None
-
-
-def _checked_poses(traj: object) -> np.ndarray:
-    if not isinstance(traj, Trajectory):
-        raise ValueError(f"agent returned {type(traj).__name__}, not a Trajectory")
-    poses = np.asarray(traj.poses, dtype=np.float64)
-    if poses.shape != (TRAJECTORY_POSES, 3):
-        raise ValueError(f"expected {TRAJECTORY_POSES} poses of (x, y, heading), got shape {poses.shape}")
-    if not np.all(np.isfinite(poses)):
-        raise ValueError("trajectory contains NaN or inf")
-    return poses
 
 
 def plan_for_scene(data: str | Path, agent_spec: str, token: str, cache_dir: str | Path | None = None,
@@ -68,7 +57,7 @@ def plan_for_scene(data: str | Path, agent_spec: str, token: str, cache_dir: str
     else:
         agent_input = store.load_agent_input(token, sensors=agent.sensors != "none",
                                              history_sensors=agent.sensors == "history")
-        poses = _checked_poses(agent.compute_trajectory(agent_input))
+        poses = checked_poses(agent.compute_trajectory(agent_input))
     plan = ScenePlan(agent=str(agent.name), trajectory=poses)
     last = getattr(agent, "last_output", None) or {}  # PlannerAgent keeps the model's outputs of its last call
     if "proposals" in last and "selection_score" in last:
