@@ -150,6 +150,36 @@ def test_stage2_modules_have_no_path_for_ego_motion():
         model.ego_idm(feat_t, feat_tp, ego_motion)
 
 
+def test_ego_odometry_decoder_is_an_output_only(stage1_model, tmp_path):
+    """ego_recon_weight > 0: a decoder rebuilds the ego motion from the ego latents alone. The ego IDM still has
+    no input for it (codes identical whatever ego_motion is), the decoder trains in stage 2 only and round-trips."""
+    cfg = tiny_cfg()
+    cfg.ego_recon_weight, cfg.ego_recon_dims = 1.0, [0, 1]
+    model = LatentActionModel(cfg, D, T)
+    model.load_state_dict(stage1_model.state_dict(), strict=False)  # the decoder is new
+    assert list(inspect.signature(model.ego_idm.forward).parameters) == ["feat_t", "feat_tp"]
+    assert not any(p.requires_grad for p in model.ego_motion_head.parameters())  # stage 1: not trained
+    model.set_stage(2)
+    before = model.ego_motion_head[0].weight.detach().clone()
+    train(model, steps=60, seed=3)
+    assert not torch.equal(before, model.ego_motion_head[0].weight)
+    feat_t, feat_tp, ego_motion, s, e = make_batch(torch.Generator().manual_seed(97), 256)
+    model.eval()
+    with torch.no_grad():
+        out = model(feat_t, feat_tp, ego_motion)
+    assert "motion_mse" in out and float(out["motion_mse"]) < 1.0  # standardised target: 1.0 = predict the mean
+    _, ego1 = model.encode(feat_t, feat_tp, ego_motion)
+    _, ego2 = model.encode(feat_t, feat_tp, ego_motion + 5.0)
+    assert torch.equal(ego1, ego2)
+    model.save(tmp_path / "m.safetensors")
+    again = LatentActionModel.load(tmp_path / "m.safetensors")
+    assert torch.equal(again.encode(feat_t, feat_tp, ego_motion)[1], ego1)
+    with pytest.raises(ValueError, match="ego_recon_dims"):
+        bad = tiny_cfg()
+        bad.ego_recon_weight, bad.ego_recon_dims = 1.0, [EM]
+        LatentActionModel(bad, D, T)
+
+
 @pytest.mark.parametrize("mode", ["ema", "straight-through"])
 def test_both_quantizer_modes_train(mode):
     torch.manual_seed(0)

@@ -43,9 +43,10 @@ class LAMModelConfig:
     ego_motion_dim: int = 9  # stage-1 IDM condition: window end pose in the start frame (3) + ego status (6)
     feat_proj: int = 0  # > 0: fixed PCA projection of the frozen features to this many dims (fitted on train)
     idm_diff: bool = False  # the IDMs see (feat_t, feat_tp - feat_t) instead of (feat_t, feat_tp)
-    # > 0: stage 2's FDM also predicts the window's (standardised) ego motion, with this loss weight. The ego's
-    # odometry is part of what the logs observe at t + Δ, like the image; it is a reconstruction target only,
-    # never an input of the ego IDM, so the ego codes are pushed to carry what the ego did.
+    # > 0: in stage 2 a small decoder must also rebuild the window's (standardised) ego motion from the ego
+    # latents alone, with this loss weight. The ego's odometry is observed by the logs like the images (no human
+    # label); it is a reconstruction target only, never an input of the ego IDM, so the ego codes are pushed to
+    # carry what the ego did even where the frozen image features barely show it.
     ego_recon_weight: float = 0.0
     ego_recon_dims: list[int] = field(default_factory=list)  # ego-motion dims to predict (empty: all)
     env: QuantizerConfig = field(default_factory=QuantizerConfig)

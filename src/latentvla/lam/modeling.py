@@ -339,8 +339,7 @@ class ForwardDynamics(nn.Module):
     """
 
     def __init__(
-        self, feat_dim: int, tokens: int, cfg: LAMModelConfig, latent_dims: Sequence[int], cond_dim: int = 0,
-        motion_out: int = 0,
+        self, feat_dim: int, tokens: int, cfg: LAMModelConfig, latent_dims: Sequence[int], cond_dim: int = 0
     ) -> None:
         super().__init__()
         if not latent_dims:
@@ -355,18 +354,8 @@ class ForwardDynamics(nn.Module):
         self.transformer = Transformer(cfg.dim, cfg.depth, cfg.heads)
         self.head = nn.Linear(cfg.dim, feat_dim)
         nn.init.zeros_(self.head.bias)
-        # optional readout token -> the window's ego motion (a second reconstruction target, see LAMModelConfig)
-        self.motion_out = motion_out
-        if motion_out > 0:
-            self.motion_token = nn.Parameter(torch.randn(1, cfg.dim) * 0.5)
-            self.motion_head = nn.Linear(cfg.dim, motion_out)
 
     def forward(self, feat_t: Tensor, latents: Sequence[Tensor], cond: Tensor | None = None) -> Tensor:
-        return self.predict(feat_t, latents, cond)[0]
-
-    def predict(self, feat_t: Tensor, latents: Sequence[Tensor], cond: Tensor | None = None
-                ) -> tuple[Tensor, Tensor | None]:
-        """(predicted feat_tp, predicted ego motion (B, motion_out) or None without a readout)."""
         b = _check_frames(feat_t, None, self.tokens, self.feat_dim)
         if len(latents) != len(self.latent_dims):
             raise ValueError(f"expected {len(self.latent_dims)} latent groups, got {len(latents)}")
@@ -382,11 +371,8 @@ class ForwardDynamics(nn.Module):
                 raise ValueError(f"ego_motion of shape ({b}, {self.cond_dim}) is required")
             check_tensor("ego_motion", cond, (b, self.cond_dim))
             parts.append(self.cond(cond)[:, None])
-        if self.motion_out:
-            parts.append(self.motion_token.expand(b, -1, -1))
-        y = self.transformer(torch.cat([self.embed(feat_t, 0), *parts], dim=1))
-        motion = self.motion_head(y[:, -1]) if self.motion_out else None
-        return feat_t + self.head(y[:, : self.tokens]), motion
+        x = torch.cat([self.embed(feat_t, 0), *parts], dim=1)
+        return feat_t + self.head(self.transformer(x)[:, : self.tokens])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -441,8 +427,12 @@ class LatentActionModel(nn.Module):
         if bad:
             raise ValueError(f"ego_recon_dims {bad} out of range for ego_motion_dim {cfg.ego_motion_dim}")
         self.recon_dims = list(cfg.ego_recon_dims) or list(range(cfg.ego_motion_dim))
-        motion_out = len(self.recon_dims) if cfg.ego_recon_weight > 0 else 0
-        self.fdm2 = ForwardDynamics(dim, tokens, cfg, (env_d, ego_d), motion_out=motion_out)  # ego motion: output only
+        self.fdm2 = ForwardDynamics(dim, tokens, cfg, (env_d, ego_d))  # no ego motion
+        # Optional odometry decoder that sees the ego latents *only* (see LAMModelConfig.ego_recon_weight): the
+        # ego codes alone must tell what the ego did; the ego IDM still never receives the ego motion.
+        self.ego_motion_head = (nn.Sequential(nn.Linear(cfg.num_queries * ego_d, cfg.dim), nn.GELU(),
+                                              nn.Linear(cfg.dim, len(self.recon_dims)))
+                                if cfg.ego_recon_weight > 0 else None)
         self.stage = 1
         self.set_stage(1)
 
@@ -476,7 +466,8 @@ class LatentActionModel(nn.Module):
         return feat_t, feat_tp, ego_motion
 
     def _stage_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
-        return [self.env_idm, self.env_vq, self.fdm1], [self.ego_idm, self.ego_vq, self.fdm2]
+        head = [self.ego_motion_head] if self.ego_motion_head is not None else []
+        return [self.env_idm, self.env_vq, self.fdm1], [self.ego_idm, self.ego_vq, self.fdm2, *head]
 
     def set_stage(self, stage: int) -> None:
         """Select the trained stage. Stage 2 freezes stage 1 (weights, codebook, eval mode)."""
@@ -521,10 +512,11 @@ class LatentActionModel(nn.Module):
             with torch.no_grad():
                 env = self.env_vq(self.env_idm(feat_t, feat_tp, ego_motion))
             ego = self.ego_vq(self.ego_idm(feat_t, feat_tp))
-            pred, motion = self.fdm2.predict(feat_t, [env.quantized.detach(), ego.quantized])
+            pred = self.fdm2(feat_t, [env.quantized.detach(), ego.quantized])
             vq_loss = ego.loss
             out.update(ego_codes=ego.codes, ego_perplexity=ego.perplexity.detach(), ego_codes_used=ego.codes_used)
-            if motion is not None:  # the ego's own motion as a second reconstruction target
+            if self.ego_motion_head is not None:  # the ego's own odometry as a second reconstruction target
+                motion = self.ego_motion_head(ego.quantized.flatten(1))
                 motion_mse = F.mse_loss(motion, ego_motion[:, self.recon_dims])
                 aux = aux + self.cfg.ego_recon_weight * motion_mse
                 out["motion_mse"] = motion_mse.detach()
