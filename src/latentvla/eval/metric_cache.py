@@ -294,3 +294,16 @@ def build(data: Path, path: Path, workers: int = 1, quiet: bool = False, logs: l
             built += n
             bar.update(task, advance=n, rate=f"{built / max(time.time() - start, 1e-9):.1f} scenes/s")
     return {"built_scenes": built, "build_seconds": round(time.time() - start, 3)}
+
+
+_PROCESS_CACHES: dict[str, MetricCache] = {}
+
+
+def process_cache(path: str | Path) -> MetricCache:
+    """One reader (with its LRU of decoded shards) per built cache directory and process, for pool workers."""
+    from latentvla.runtime.io import read_json
+
+    key = str(path)
+    if key not in _PROCESS_CACHES:
+        _PROCESS_CACHES[key] = MetricCache(Path(path), read_json(Path(path) / "index.json"))
+    return _PROCESS_CACHES[key]

@@ -20,7 +20,7 @@ import numpy as np
 
 from latentvla.agents.base import Agent
 from latentvla.data.store import SceneStore, process_store
-from latentvla.eval.metric_cache import MetricCache
+from latentvla.eval.metric_cache import MetricCache, process_cache
 from latentvla.eval.scene_inputs import SceneInputs
 from latentvla.runtime.io import atomic_write_text, write_json
 from latentvla.runtime.parallel import parallel_map, progress_bar
@@ -77,14 +77,7 @@ class _Job:
 
 
 def _open(job: _Job) -> tuple[SceneStore, MetricCache]:
-    from latentvla.runtime.io import read_json
-
-    if _CACHES.get(job.cache) is None:
-        _CACHES[job.cache] = MetricCache(Path(job.cache), read_json(Path(job.cache) / "index.json"))
-    return process_store(job.data), _CACHES[job.cache]
-
-
-_CACHES: dict[str, MetricCache] = {}  # one reader per cache and process (its LRU of decoded shards)
+    return process_store(job.data), process_cache(job.cache)
 
 
 def _score_chunk(job: _Job) -> list[dict]:

@@ -11,6 +11,7 @@ iPad's scoring head (Hydra-MDP's recipe), so the host learns which plans are saf
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,20 @@ def _pairwise_ep(sub: dict[str, np.ndarray], raw: np.ndarray) -> np.ndarray:
     return np.stack([nc, dac, ttc, ep, c, pdms(nc, dac, ttc, ep, c)], 1).astype(np.float32)
 
 
+@dataclass
+class _Chunk:
+    cache: str
+    tokens: list[str]
+    anchors: np.ndarray
+
+
+def _score_chunk(job: _Chunk) -> tuple[list[str], list[np.ndarray]]:
+    from latentvla.eval.metric_cache import process_cache
+
+    cache = process_cache(job.cache)
+    return job.tokens, score_anchors_batch([cache.load(t) for t in job.tokens], job.anchors)
+
+
 def anchors_digest(anchors: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(anchors, dtype=np.float32).tobytes()).hexdigest()[:12]
 
@@ -92,7 +107,7 @@ def anchor_scores(data: str | Path, tokens: list[str], anchors: np.ndarray, cach
     """(len(tokens), K, 6) anchor sub-scores of the given scenes, computed once and stored in the metric cache's
     directory under ``anchor_scores/<anchors digest>.npz`` (scenes scored earlier are reused)."""
     from latentvla.eval.metric_cache import MetricCache
-    from latentvla.runtime.parallel import progress_bar
+    from latentvla.runtime.parallel import parallel_map, progress_bar
 
     cache = MetricCache.open(data, cache_root=cache_root, workers=workers, quiet=quiet, tokens=tokens)
     path = cache.path / "anchor_scores" / f"{anchors_digest(anchors)}.npz"
@@ -102,11 +117,11 @@ def anchor_scores(data: str | Path, tokens: list[str], anchors: np.ndarray, cach
         known = dict(zip(z["tokens"].tolist(), z["scores"]))
     todo = [t for t in dict.fromkeys(tokens) if t not in known]
     if todo:
+        jobs = [_Chunk(str(cache.path), todo[i: i + _CHUNK], anchors) for i in range(0, len(todo), _CHUNK)]
         with progress_bar(disable=quiet) as bar:
             task = bar.add_task("anchor scores", total=len(todo), rate="")
-            for i in range(0, len(todo), _CHUNK):
-                chunk = todo[i: i + _CHUNK]
-                known.update(zip(chunk, score_anchors_batch([cache.load(t) for t in chunk], anchors)))
+            for chunk, scores in parallel_map(_score_chunk, jobs, workers):
+                known.update(zip(chunk, scores))
                 bar.advance(task, len(chunk))
         keys = sorted(known)
         path.parent.mkdir(parents=True, exist_ok=True)
