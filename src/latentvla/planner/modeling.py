@@ -181,3 +181,10 @@ def build_model(cfg: PlannerConfig, anchors: np.ndarray | Tensor | None = None) 
     if anchors is not None:
         raise ValueError(f"host '{cfg.host}' takes no anchors (only 'ipad' does)")
     return model
+
+
+def ego_encoder(dim: int) -> nn.Module:
+    """Normalised ego status -> a ``dim`` embedding: a two-layer MLP like NAVSIM's EgoStatusMLP, so a camera +
+    LiDAR host starts with at least the ego-only baseline's view of its own motion (a single linear layer left
+    the hosts behind ego-mlp on val ADE)."""
+    return nn.Sequential(nn.Linear(EGO_DIM, dim), nn.ReLU(), nn.Linear(dim, dim))

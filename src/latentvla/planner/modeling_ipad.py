@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from latentvla.planner.backbones import Attention, PerceptionTrunk, mlp
 from latentvla.planner.configuration import PROPOSAL_SCORE_COLUMNS, PlannerConfig
-from latentvla.planner.modeling import EGO_DIM, NUM_POSES, POSE_DIM, PlannerModel, check_shape
+from latentvla.planner.modeling import EGO_DIM, NUM_POSES, POSE_DIM, PlannerModel, check_shape, ego_encoder
 from latentvla.planner.modeling_transfuser import AgentHead, BEVSemanticHead, QueryDecoder, aux_losses
 
 DT = 0.5  # seconds between poses
@@ -148,7 +148,7 @@ class IPadModel(PlannerModel):
 
         self.trunk = PerceptionTrunk(cfg)
         c = self.trunk.bev_channels
-        self.ego_embed = nn.Linear(EGO_DIM, dim)
+        self.ego_embed = ego_encoder(dim)
         # auxiliary perception (TransFuser's heads): agent queries decoded from the BEV tokens, BEV semantics
         self.agent_queries = nn.Parameter(torch.randn(1, cfg.features.targets.max_agents, dim) * 0.02)
         self.agent_decoder = QueryDecoder(dim, tf.heads, tf.decoder_layers, tf.mlp_ratio, tf.dropout)

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from latentvla.planner.backbones import DecoderBlock, PerceptionTrunk
 from latentvla.planner.configuration import AGENT_STATE_COLUMNS, BEV_CLASSES, PlannerConfig
 from latentvla.planner.modeling import (
-    EGO_DIM,
     NUM_POSES,
     POSE_DIM,
     PlannerModel,
@@ -28,6 +27,7 @@ from latentvla.planner.modeling import (
     bev_semantic_loss,
     bounded_poses,
     check_shape,
+    ego_encoder,
     trajectory_l1,
 )
 
@@ -117,11 +117,12 @@ class TransFuserModel(PlannerModel):
         tf = cfg.transfuser
         dim, n_agents = tf.dim, cfg.features.targets.max_agents
         self.trunk = PerceptionTrunk(cfg)
-        self.ego_embed = nn.Linear(EGO_DIM, dim)
+        self.ego_embed = ego_encoder(dim)
         self.traj_query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.agent_queries = nn.Parameter(torch.randn(1, n_agents, dim) * 0.02)
         self.decoder = QueryDecoder(dim, tf.heads, tf.decoder_layers, tf.mlp_ratio, tf.dropout)
-        self.traj_head = nn.Sequential(nn.Linear(dim, tf.mlp_ratio * dim), nn.ReLU(),
+        # the decoded trajectory query and, as a skip path, the ego embedding
+        self.traj_head = nn.Sequential(nn.Linear(2 * dim, tf.mlp_ratio * dim), nn.ReLU(),
                                        nn.Linear(tf.mlp_ratio * dim, NUM_POSES * POSE_DIM))
         self.agent_head = AgentHead(dim, cfg.features.lidar.range_m, tf.mlp_ratio)
         self.bev_head = BEVSemanticHead(self.trunk.bev_channels, self.trunk.bev_size,
@@ -138,7 +139,7 @@ class TransFuserModel(PlannerModel):
         plan = out[:, :1]
         agent_states, agent_labels = self.agent_head(out[:, 1:])
         return {
-            "trajectory": bounded_poses(self.traj_head(plan).view(b, NUM_POSES, POSE_DIM)),
+            "trajectory": bounded_poses(self.traj_head(torch.cat([plan, ego], -1)).view(b, NUM_POSES, POSE_DIM)),
             "agent_states": agent_states,
             "agent_labels": agent_labels,
             "bev_semantic_map": self.bev_head(trunk.bev_map),
