@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from latentvla.lam.configuration import LAMModelConfig, QuantizerConfig
@@ -585,7 +585,7 @@ class LatentActionModel(nn.Module):
                     "env_shuffled_mse": err(env[perm], ego), "copy_mse": F.mse_loss(feat_t, feat_tp)}
 
     def save(self, path: str | Path) -> None:
-        """One safetensors file; config, feat_dim, tokens and stage go into its string metadata."""
+        """One safetensors file (written atomically); config, feat_dim, tokens and stage go into its metadata."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {
             "format": FORMAT,
@@ -594,7 +594,9 @@ class LatentActionModel(nn.Module):
             "tokens": str(self.tokens),
             "stage": str(self.stage),
         }
-        save_file(tensors, str(path), metadata=meta)
+        from latentvla.runtime.io import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), save(tensors, metadata=meta))  # readers never see a half-written file
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> LatentActionModel:
