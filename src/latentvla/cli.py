@@ -41,7 +41,7 @@ def _friendly(fn):
             return fn(*args, **kwargs)
         except (ConfigError, DataError, GenerationError, ValueError, KeyError, FileNotFoundError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            console.print(f"[bold red]error:[/] {msg}")
+            console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -164,10 +164,10 @@ def data_verify(data: Path = typer.Argument(..., help="Dataset directory.")) -> 
     with progress_bar() as bar:
         task = bar.add_task("verifying logs", total=n_logs, rate="")
         problems = verify_dataset(data, progress=lambda _log: bar.advance(task))
-    for p in problems:
-        console.print(f"[red]{p}[/]")
+    for p in problems:  # soft_wrap: paths stay on one line (copyable, greppable) whatever the terminal width
+        console.print(f"[red]{p}[/]", soft_wrap=True)
     if problems:
-        console.print(f"[bold red]{len(problems)} problem(s)[/] in {data}")
+        console.print(f"[bold red]{len(problems)} problem(s)[/] in {data}", soft_wrap=True)
         raise typer.Exit(code=1)
     console.print(f"[green]ok[/]: every file of {n_logs} logs matches its checksum")
 
