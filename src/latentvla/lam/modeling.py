@@ -552,31 +552,31 @@ class LatentActionModel(nn.Module):
 
     def encode(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> tuple[Tensor, Tensor]:
         """(env_codes (B, Q), ego_codes (B, Q)) in eval mode; changes nothing. Ego codes ignore ``ego_motion``."""
+        (env, _), (ego, _), _, _ = self._quantized(feat_t, feat_tp, ego_motion)
+        return env, ego
+
+    def _quantized(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor
+                   ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], Tensor, Tensor]:
+        """Checked, prepared inputs -> ((env codes, vectors), (ego codes, vectors), feat_t, feat_tp) in eval mode
+        without autograd (the prepared features are returned for callers that run the FDM on them)."""
         self._check_inputs(feat_t, feat_tp, ego_motion)
         feat_t, feat_tp, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
         with self._inference():
-            env = self.env_vq.quantize(self.env_idm(feat_t, feat_tp, ego_motion))[0]
-            ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[0]
-        return env, ego
+            env = self.env_vq.quantize(self.env_idm(feat_t, feat_tp, ego_motion))
+            ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))
+        return env, ego, feat_t, feat_tp
 
     def latent_vectors(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> dict[str, Tensor]:
         """Quantised latents {"env": (B, Q, env code_dim), "ego": (B, Q, ego code_dim)}, e.g. for linear probes."""
-        self._check_inputs(feat_t, feat_tp, ego_motion)
-        feat_t, feat_tp, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
-        with self._inference():
-            env = self.env_vq.quantize(self.env_idm(feat_t, feat_tp, ego_motion))[1]
-            ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[1]
+        (_, env), (_, ego), _, _ = self._quantized(feat_t, feat_tp, ego_motion)
         return {"env": env, "ego": ego}
 
     def shuffled_recon(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor, perm: Tensor
                        ) -> dict[str, Tensor]:
         """Stage-2 prediction error with the real latents and with the ego / env latents permuted across the batch
         by ``perm``: how much the reconstruction actually relies on each latent (a diagnostic, not a loss)."""
-        self._check_inputs(feat_t, feat_tp, ego_motion)
-        feat_t, feat_tp, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
+        (_, env), (_, ego), feat_t, feat_tp = self._quantized(feat_t, feat_tp, ego_motion)
         with self._inference():
-            env = self.env_vq.quantize(self.env_idm(feat_t, feat_tp, ego_motion))[1]
-            ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[1]
 
             def err(e: Tensor, g: Tensor) -> Tensor:
                 return F.mse_loss(self.fdm2(feat_t, [e, g]), feat_tp)
