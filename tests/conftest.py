@@ -68,3 +68,22 @@ def tiny_cache(tiny_world, tmp_path_factory):
 @pytest.fixture(scope="session")
 def cache_dir(tiny_cache):
     return tiny_cache.path.parent
+
+
+@pytest.fixture(scope="session")
+def lam_run(runner, tiny_world, tmp_path_factory):
+    """A quick-profile LAM run on the tiny world (both stages) and its feature cache root."""
+    from latentvla.cli import app
+
+    root = tmp_path_factory.mktemp("lam")
+    run, cache = root / "run", root / "features"
+    res = runner.invoke(app, ["lam", "train", "--data", str(tiny_world), "--out", str(run), "--profile", "quick",
+                              "--workers", "1", "--cache-dir", str(cache), "--quiet"])
+    assert res.exit_code == 0, res.output
+    return run, cache
+
+
+@pytest.fixture(scope="session")
+def planner_cache_root(tmp_path_factory):
+    """One planner-cache root for the session: the planner hosts and the VLA teacher (quick features) share it."""
+    return tmp_path_factory.mktemp("planner_cache")

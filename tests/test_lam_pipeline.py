@@ -5,20 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
-
 from latentvla.cli import app
 from latentvla.lam.report import REPORT_KEYS
-
-
-@pytest.fixture(scope="module")
-def lam_run(runner, tiny_world, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lam")
-    run, cache = root / "run", root / "features"
-    res = runner.invoke(app, ["lam", "train", "--data", str(tiny_world), "--out", str(run), "--profile", "quick",
-                              "--workers", "1", "--cache-dir", str(cache), "--quiet"])
-    assert res.exit_code == 0, res.output
-    return run, cache
 
 
 def test_train_writes_a_complete_run(lam_run):

@@ -18,7 +18,7 @@ HOSTS = ("ego-mlp", "transfuser", "ipad")
 
 
 @pytest.fixture(scope="module")
-def planner_runs(tiny_world, cache_dir, runner, tmp_path_factory):
+def planner_runs(tiny_world, cache_dir, runner, tmp_path_factory, planner_cache_root):
     """One quick-profile run per host (the planner cache is built once and shared)."""
     root = tmp_path_factory.mktemp("planner_runs")
     runs = {}
@@ -26,7 +26,7 @@ def planner_runs(tiny_world, cache_dir, runner, tmp_path_factory):
         out = root / host
         res = runner.invoke(app, ["planner", "train", "--data", str(tiny_world), "--host", host, "--out", str(out),
                                   "--profile", "quick", "--workers", "1", "--quiet", "--cache-dir",
-                                  str(root / "cache"), "--metric-cache-dir", str(cache_dir)])
+                                  str(planner_cache_root), "--metric-cache-dir", str(cache_dir)])
         assert res.exit_code == 0, res.output
         runs[host] = out
     return runs
@@ -92,12 +92,12 @@ def test_trained_host_scores_and_round_trips(host, planner_runs, tiny_world, tin
     assert 0.0 <= summary["mean"]["pdms"] <= 1.0
 
 
-def test_cached_features_match_live_features(planner_runs, tiny_world, tiny_store):
+def test_cached_features_match_live_features(planner_runs, tiny_world, tiny_store, planner_cache_root):
     from latentvla.planner.agent import PlannerAgent
 
     run = planner_runs["ipad"]
     live, cached = PlannerAgent(run), PlannerAgent(run)
-    cached.use_cache(tiny_world, "test", cache_root=run.parent / "cache")
+    cached.use_cache(tiny_world, "test", cache_root=planner_cache_root)
     assert cached.sensors == "none" and live.sensors == "current"
     tokens = tiny_store.tokens("test")[:3]
     a = live.plan([tiny_store.load_agent_input(t) for t in tokens])
@@ -106,11 +106,11 @@ def test_cached_features_match_live_features(planner_runs, tiny_world, tiny_stor
     assert a["proposals"].shape[1] == live.cfg.ipad.num_proposals
 
 
-def test_run_reuse_refusal_and_resume(planner_runs, tiny_world, runner, cache_dir):
+def test_run_reuse_refusal_and_resume(planner_runs, tiny_world, runner, cache_dir, planner_cache_root):
     root = planner_runs["ego-mlp"].parent
     run = root / "ego-mlp-again"
     args = ["planner", "train", "--data", str(tiny_world), "--host", "ego-mlp", "--out", str(run), "--profile",
-            "quick", "--workers", "1", "--quiet", "--cache-dir", str(root / "cache")]
+            "quick", "--workers", "1", "--quiet", "--cache-dir", str(planner_cache_root)]
     assert runner.invoke(app, args).exit_code == 0
     before = (run / "model.safetensors").stat().st_mtime_ns
     assert runner.invoke(app, args).exit_code == 0  # same config, finished: reused, not retrained

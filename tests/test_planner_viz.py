@@ -13,12 +13,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def ipad_run(tiny_world, cache_dir, runner, tmp_path_factory):
+def ipad_run(tiny_world, cache_dir, runner, tmp_path_factory, planner_cache_root):
     """One quick-profile iPad run (a single epoch: the picture needs a valid run, not a good one)."""
     out = tmp_path_factory.mktemp("planner_viz") / "ipad"
     res = runner.invoke(app, ["planner", "train", "--data", str(tiny_world), "--host", "ipad", "--out", str(out),
                               "--profile", "quick", "--workers", "1", "--quiet", "--metric-cache-dir",
-                              str(cache_dir), "--cache-dir", str(out.parent / "cache"), "--set", "train.epochs=1"])
+                              str(cache_dir), "--cache-dir", str(planner_cache_root), "--set", "train.epochs=1"])
     assert res.exit_code == 0, res.output
     return out
 

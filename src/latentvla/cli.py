@@ -23,6 +23,8 @@ lam_app = typer.Typer(no_args_is_help=True, help="Latent action model: train (tw
 app.add_typer(lam_app, name="lam")
 planner_app = typer.Typer(no_args_is_help=True, help="Planner hosts (transfuser | ipad | ego-mlp): train.")
 app.add_typer(planner_app, name="planner")
+vla_app = typer.Typer(no_args_is_help=True, help="VLA teacher: predicts latent action tokens (train, eval).")
+app.add_typer(vla_app, name="vla")
 
 console = Console(stderr=True)
 ProfileOpt = typer.Option("demo", "--profile", help="quick | demo | full")
@@ -354,3 +356,69 @@ def main() -> None:  # console script entry point
 
 if __name__ == "__main__":
     main()
+
+
+def vla_config(profile: str, config: Path | None, overrides: list[str] | None, backbone: str | None = None):
+    from latentvla.config import resolve
+    from latentvla.vla.configuration import VLAConfig
+
+    extra = [f"backbone.path={backbone}"] if backbone else []
+    return resolve(VLAConfig, "vla", profile, config, [*extra, *(overrides or [])])
+
+
+@vla_app.command("train")
+@_friendly
+def vla_train(
+    data: Path = typer.Option(..., "--data", help="Dataset directory (trains on train, selects on val)."),
+    labels: Path = typer.Option(..., "--labels", help="LAM run whose latent action tokens are the targets "
+                                                      "(labelled on demand)."),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    init: Path | None = typer.Option(None, "--init", help="Start from this teacher / pretraining run."),
+    profile: str = ProfileOpt,
+    backbone: str | None = typer.Option(None, "--backbone", help="Local directory with pretrained VLM weights "
+                                                                 "(never downloaded)."),
+    resume: bool = typer.Option(False, "--resume", help="Resume an interrupted run from its last checkpoint."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with config overrides."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Dotted override, e.g. train.epochs=5."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
+    lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir",
+                                              help="LAM feature cache root for labelling (default DATA/feature_cache)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train the teacher to predict the LAM run's latent action tokens (no language annotations)."""
+    from latentvla.vla.train import train
+
+    metrics = train(data, out, vla_config(profile, config, set_, backbone), labels, init=init, resume=resume,
+                    workers=workers or _default_workers(), quiet=quiet, cache_root=cache_dir,
+                    lam_cache_root=lam_cache_dir)
+    console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
+
+
+@vla_app.command("eval")
+@_friendly
+def vla_eval(
+    run: Path = typer.Option(..., "--run", help="Teacher run directory."),
+    data: Path = typer.Option(..., "--data", help="Dataset directory."),
+    split: str = typer.Option("test", "--split", help="test | val | train"),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
+    lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir",
+                                              help="LAM feature cache root for labelling (default DATA/feature_cache)."),
+) -> None:
+    """Token accuracy of the teacher's own generated actions against the labels, with the majority and
+    blank-image controls (the blind teacher is trained on first use into RUN/blind)."""
+    from latentvla.vla.evaluate import evaluate
+
+    metrics = evaluate(run, data, split=split, workers=workers or _default_workers(), quiet=as_json,
+                       cache_root=cache_dir, lam_cache_root=lam_cache_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics, sort_keys=True) + "\n")
+        return
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            for f, a in v.items():
+                Console().print(f"{k}.{f:22s} {a:.4f}")
+        else:
+            Console().print(f"{k:24s} {v:.4f}")

@@ -1,0 +1,74 @@
+"""Teacher weights on disk: ``RUN/model.safetensors`` (every weight, the config and the action vocabulary in the
+metadata) beside ``RUN/tokenizer/`` (the tokenizer with its added image and action tokens). The two together
+rebuild the teacher with no other file and no download."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from latentvla.config import from_dict, to_dict
+from latentvla.runtime.io import atomic_write_bytes
+from latentvla.vla.configuration import VLAConfig
+
+FORMAT = "latentvla.vla/1"
+MODEL_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+
+def save_teacher(model, run: str | Path) -> None:
+    """Atomic write of the weights; the tokenizer directory is written first (its files are small)."""
+    run = Path(run)
+    model.processor.tokenizer.save_pretrained(str(run / TOKENIZER_DIR))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "config": json.dumps(to_dict(model.cfg)), "num_positions": str(model.num_positions),
+            "num_codes": str(model.vocab.num_codes), "camera_grid": json.dumps(list(model.camera_grid))}
+    atomic_write_bytes(run / MODEL_FILE, save(tensors, metadata=meta))
+
+
+def read_meta(run: str | Path) -> dict:
+    path = Path(run) / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: train the teacher first (`latentvla vla train --out {run}`)")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={meta.get('format')!r})")
+    return meta
+
+
+def load_tokenizer(run: str | Path):
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(run) / TOKENIZER_DIR
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{path}/tokenizer.json not found: the run {run} is incomplete")
+    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+
+
+def load_teacher(run: str | Path, device: str = "cpu"):
+    """(teacher in eval mode, its config) from a run directory written by ``save_teacher``."""
+    from latentvla.vla.modeling import LatentVLATeacher
+    from latentvla.vla.processor import add_vla_tokens
+
+    meta = read_meta(run)
+    cfg = from_dict(VLAConfig, json.loads(meta["config"]))
+    tokenizer = load_tokenizer(run)
+    vocab = add_vla_tokens(tokenizer, int(meta["num_codes"]))
+    model = LatentVLATeacher(cfg, tokenizer, vocab, int(meta["num_positions"]), tuple(json.loads(meta["camera_grid"])))
+    model.load_state_dict(load_file(str(Path(run) / MODEL_FILE), device=device))
+    return model.to(device).eval(), cfg
+
+
+def load_weights_into(model: torch.nn.Module, run: str | Path) -> list[str]:
+    """Initialise ``model`` from another run's weights (``--init``): every tensor whose name and shape match is
+    copied; returns the names that were not (new heads, a resized vocabulary)."""
+    state = load_file(str(Path(run) / MODEL_FILE))
+    own = model.state_dict()
+    skipped = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
+    return skipped

@@ -1,0 +1,97 @@
+"""Typed configuration of the VLA teacher (one dataclass tree; presets in configs/vla/<profile>.yaml).
+
+The teacher is a Hugging Face vision-language model that reads the front cameras and a fixed prompt (driving command
+and ego status, nothing else) and predicts the scene's latent action tokens ``<act_0> .. <act_{K-1}>`` from a LAM
+run's label store. Two vision paths share one sequence layout:
+
+- ``vision = "lite0"`` (CPU profiles): the frozen ImageNet EfficientNet-Lite0 stride-32 features of the planner
+  cache, average-pooled by ``image_pool`` and projected into the language model by a learned MLP (LLaVA-style);
+- the VLM's own vision tower on the stitched camera image (the ``full`` profile with real Qwen2.5-VL weights from
+  ``backbone.path``) is the next increment; the adapter interface (``modeling.VLMAdapter``) is shaped for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from latentvla.planner.configuration import FeatureConfig
+
+FAMILIES = ("qwen2_5_vl", "idefics3")
+VISION_MODES = ("lite0",)
+ACTION_TARGETS = ("ego", "ego+env")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the language model (peft); ``r = 0`` trains the chosen weights directly."""
+
+    r: int = 0
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class BackboneConfig:
+    """The VLM. ``path``: a local directory holding pretrained weights (``from_pretrained`` with
+    ``local_files_only``; never a hub download). Without it a tiny model of ``family`` is built from the sizes
+    below with random weights (or from a ``vla pretrain`` run through ``--init``)."""
+
+    family: str = "qwen2_5_vl"
+    path: str | None = None
+    vision: str = "lite0"
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 512
+    image_pool: list[int] = field(default_factory=lambda: [1, 2])  # lite0: avg-pool (rows, cols) of the s32 grid
+    freeze_lm: bool = False  # train only the projector (and action embeddings through LoRA / resize)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    pooled_visual_tokens: int = 4  # encode(): attention-pooled visual embeddings per scene
+
+
+@dataclass
+class ActionConfig:
+    targets: str = "ego"  # ego | ego+env: which LAM tokens the teacher predicts (ego first)
+
+
+@dataclass
+class VLATrainConfig:
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    epochs: int = 10
+    warmup_steps: int = 50
+    val_every_epochs: int = 1
+    precision: str = "32-true"  # Lightning precision, e.g. bf16-mixed on GPUs
+    num_threads: int = 2
+
+
+@dataclass
+class VLAConfig:
+    seed: int = 0
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # Planner features the lite0 path reads (camera_s32, ego_status): the planner cache is shared with the hosts.
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    actions: ActionConfig = field(default_factory=ActionConfig)
+    train: VLATrainConfig = field(default_factory=VLATrainConfig)
+    blind: bool = False  # blank images (the "do the images matter?" control of `vla eval`)
+
+    def __post_init__(self) -> None:
+        b = self.backbone
+        if b.family not in FAMILIES:
+            raise ValueError(f"unknown backbone.family '{b.family}'; valid: {list(FAMILIES)}")
+        if b.vision not in VISION_MODES:
+            raise ValueError(f"unknown backbone.vision '{b.vision}'; valid: {list(VISION_MODES)}")
+        if self.actions.targets not in ACTION_TARGETS:
+            raise ValueError(f"unknown actions.targets '{self.actions.targets}'; valid: {list(ACTION_TARGETS)}")
+        if b.vision == "lite0" and self.features.camera.backbone != "efficientnet-lite0":
+            raise ValueError("backbone.vision=lite0 reads EfficientNet-Lite0 features: set "
+                             "features.camera.backbone=efficientnet-lite0")
+        if len(b.image_pool) != 2 or min(b.image_pool) < 1:
+            raise ValueError(f"backbone.image_pool must be two positive ints (rows, cols), got {b.image_pool}")
+        if b.hidden_size % b.heads or b.heads % b.kv_heads:
+            raise ValueError(f"backbone: hidden_size {b.hidden_size} must divide by heads {b.heads}, and heads "
+                             f"by kv_heads {b.kv_heads}")

@@ -1,0 +1,268 @@
+"""The VLA teacher: a Hugging Face VLM that reads camera features and the ego prompt and predicts latent actions.
+
+``VLMAdapter`` hides each HF family's attribute names (where its language model and vision tower live, how a tiny
+config is built), so the teacher only needs ``language_model``, the token embeddings and the LM head; adding a
+family is one small subclass. The CPU vision path is LLaVA-style: the frozen EfficientNet-Lite0 stride-32 map,
+average-pooled, plus a learned position per grid cell, goes through a two-layer MLP projector into the image
+placeholder positions of the sequence (the family's own vision tower is dropped).
+
+Inference never reads labels: ``generate`` decodes the action tokens greedily (restricted to ``<act_*>``) with a
+KV cache, and ``encode`` runs one teacher-forced pass over the teacher's **own** tokens to return the
+attention-pooled visual embeddings, the hidden states of the generated actions and the per-position distributions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentvla.planner.features import S32_CHANNELS
+from latentvla.vla.configuration import BackboneConfig, VLAConfig
+from latentvla.vla.processor import VLAProcessor, Vocab
+
+# The tiny configs' default special ids point into the real vocabularies; the teacher's tokenizer owns them.
+NO_SPECIAL_IDS = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+
+
+class VLMAdapter:
+    """One HF VLM family. Subclasses name the model class, the tiny config and the submodules."""
+
+    family: str = ""
+
+    def model_class(self):
+        raise NotImplementedError
+
+    def tiny_config(self, b: BackboneConfig, vocab_size: int):
+        raise NotImplementedError
+
+    def language_model(self, model) -> nn.Module:
+        raise NotImplementedError
+
+    def drop_vision(self, model) -> None:
+        """Remove the family's vision tower (the lite0 path feeds projected features instead)."""
+        raise NotImplementedError
+
+    def build(self, b: BackboneConfig, vocab_size: int):
+        cls = self.model_class()
+        if b.path:
+            from pathlib import Path
+
+            if not Path(b.path).is_dir():
+                raise FileNotFoundError(f"backbone.path {b.path} is not a directory; pass a local copy of the "
+                                        f"weights (nothing is downloaded)")
+            model = cls.from_pretrained(b.path, local_files_only=True, dtype=torch.float32)
+        else:
+            model = cls(self.tiny_config(b, vocab_size))
+        return model
+
+
+class Qwen25VLAdapter(VLMAdapter):
+    family = "qwen2_5_vl"
+
+    def model_class(self):
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+
+    def tiny_config(self, b: BackboneConfig, vocab_size: int):
+        from transformers import Qwen2_5_VLConfig
+
+        head_dim = b.hidden_size // b.heads
+        quarter = head_dim // 4  # M-RoPE sections (t, h, w) must sum to head_dim / 2
+        text = dict(vocab_size=vocab_size, hidden_size=b.hidden_size, intermediate_size=b.intermediate_size,
+                    num_hidden_layers=b.layers, num_attention_heads=b.heads, num_key_value_heads=b.kv_heads,
+                    max_position_embeddings=1024, tie_word_embeddings=False, **NO_SPECIAL_IDS,
+                    rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                     "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter]})
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=b.hidden_size)
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **NO_SPECIAL_IDS)
+
+    def language_model(self, model) -> nn.Module:
+        return model.model.language_model
+
+    def drop_vision(self, model) -> None:
+        model.model.visual = None
+
+
+class Idefics3Adapter(VLMAdapter):
+    """SmolVLM / Idefics3 (SigLIP vision, Llama language model)."""
+
+    family = "idefics3"
+
+    def model_class(self):
+        from transformers import Idefics3ForConditionalGeneration
+
+        return Idefics3ForConditionalGeneration
+
+    def tiny_config(self, b: BackboneConfig, vocab_size: int):
+        from transformers import Idefics3Config
+
+        text = dict(vocab_size=vocab_size, hidden_size=b.hidden_size, intermediate_size=b.intermediate_size,
+                    num_hidden_layers=b.layers, num_attention_heads=b.heads, num_key_value_heads=b.kv_heads,
+                    max_position_embeddings=1024, tie_word_embeddings=False, **NO_SPECIAL_IDS)
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=32, patch_size=16)
+        return Idefics3Config(text_config=text, vision_config=vision, scale_factor=1)
+
+    def language_model(self, model) -> nn.Module:
+        return model.model.text_model
+
+    def drop_vision(self, model) -> None:
+        model.model.vision_model = None
+        model.model.connector = None
+
+
+ADAPTERS: dict[str, VLMAdapter] = {a.family: a for a in (Qwen25VLAdapter(), Idefics3Adapter())}
+
+
+def pooled_grid(features_shape: tuple[int, int], pool: list[int]) -> tuple[int, int]:
+    """Grid (rows, cols) of the stride-32 camera map after ``image_pool`` average pooling (ceil mode)."""
+    return math.ceil(features_shape[0] / pool[0]), math.ceil(features_shape[1] / pool[1])
+
+
+class LatentVLATeacher(nn.Module):
+    """Teacher on planner features ``{"ego_status": (B, 8), "camera_s32": (B, 320, h, w)}``.
+
+    ``forward(features, actions)`` -> logits (B, N, V) of the N action positions (teacher forcing);
+    ``generate(features)`` -> codes (B, N); ``encode(features)`` -> embeddings (B, P + N, D), probs (B, N, K),
+    codes (B, N)."""
+
+    def __init__(self, cfg: VLAConfig, tokenizer, vocab: Vocab, num_positions: int,
+                 camera_grid: tuple[int, int]) -> None:
+        super().__init__()
+        b = cfg.backbone
+        self.cfg, self.num_positions, self.camera_grid = cfg, num_positions, tuple(camera_grid)
+        self.adapter = ADAPTERS[b.family]
+        self.grid = pooled_grid(camera_grid, b.image_pool)
+        self.processor = VLAProcessor(tokenizer, vocab, self.grid[0] * self.grid[1])
+        self.vlm = self.adapter.build(b, len(tokenizer))
+        self.adapter.drop_vision(self.vlm)
+        if self.vlm.get_input_embeddings().num_embeddings != len(tokenizer):
+            self.vlm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        hidden = self.vlm.get_input_embeddings().embedding_dim
+        self.hidden_size = hidden
+        self.projector = nn.Sequential(nn.Linear(S32_CHANNELS, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.image_pos = nn.Parameter(torch.zeros(1, self.processor.num_image_tokens, hidden))
+        self.pool_queries = nn.Parameter(torch.randn(1, b.pooled_visual_tokens, hidden) * 0.02)
+        self.pool_attn = nn.MultiheadAttention(hidden, max(1, b.heads), batch_first=True)
+        self.register_buffer("action_ids", torch.tensor(vocab.actions, dtype=torch.long), persistent=False)
+        self._apply_training_switches(b)
+
+    # --- set-up -------------------------------------------------------------------------------------------
+    @property
+    def lm(self) -> nn.Module:
+        return self.adapter.language_model(self.vlm)
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.processor.vocab
+
+    def _apply_training_switches(self, b: BackboneConfig) -> None:
+        if b.lora.r > 0:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            inject_adapter_in_model(LoraConfig(r=b.lora.r, lora_alpha=b.lora.alpha, lora_dropout=b.lora.dropout,
+                                               target_modules=list(b.lora.target_modules)), self.lm)
+        if b.lora.r > 0 or b.freeze_lm:
+            embed = self.vlm.get_input_embeddings()
+            for name, p in self.lm.named_parameters():
+                if "lora_" not in name and p is not embed.weight:
+                    p.requires_grad_(False)
+        if b.gradient_checkpointing:
+            self.vlm.gradient_checkpointing_enable()
+
+    # --- pieces -------------------------------------------------------------------------------------------
+    def image_embeds(self, camera: Tensor) -> Tensor:
+        """(B, 320, h, w) frozen features -> (B, T, D) image tokens (zeros in, when ``cfg.blind``)."""
+        if camera.ndim != 4 or camera.shape[1] != S32_CHANNELS:
+            raise ValueError(f"camera_s32 must be (B, {S32_CHANNELS}, h, w), got {tuple(camera.shape)}")
+        x = camera.float()
+        if self.cfg.blind:
+            x = torch.zeros_like(x)
+        pool = self.cfg.backbone.image_pool
+        x = F.avg_pool2d(x, kernel_size=pool, stride=pool, ceil_mode=True)
+        if tuple(x.shape[2:]) != self.grid:
+            raise ValueError(f"camera_s32 grid {tuple(camera.shape[2:])} pools to {tuple(x.shape[2:])}, but the "
+                             f"teacher was built for {self.grid}; use the features config it was trained with")
+        return self.projector(x.flatten(2).transpose(1, 2)) + self.image_pos
+
+    def embed_inputs(self, input_ids: Tensor, camera: Tensor) -> Tensor:
+        embeds = self.vlm.get_input_embeddings()(input_ids)
+        image = input_ids == self.vocab.image
+        n = self.processor.num_image_tokens
+        if not torch.equal(image.sum(1), torch.full((len(input_ids),), n, device=image.device)):
+            raise ValueError(f"every sequence must hold exactly {n} image placeholders")
+        out = embeds.clone()
+        out[image] = self.image_embeds(camera).reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        return out
+
+    def run_lm(self, embeds: Tensor, mask: Tensor, positions: Tensor, cache=None) -> Tensor:
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                      use_cache=cache is not None)
+        return out.last_hidden_state
+
+    def inputs(self, features: dict[str, Tensor], actions: Tensor | None = None) -> dict[str, Tensor]:
+        ego = features["ego_status"].detach().cpu().numpy()
+        batch = self.processor(ego, None if actions is None else actions.detach().cpu().numpy())
+        device = features["camera_s32"].device
+        return {k: v.to(device) for k, v in batch.items()}
+
+    # --- training -----------------------------------------------------------------------------------------
+    def forward(self, features: dict[str, Tensor], actions: Tensor) -> dict[str, Tensor]:
+        """Teacher forcing on ``actions`` (B, N) codes: logits (B, N, V) that predict each action token and the
+        last hidden states (B, L, D)."""
+        batch = self.inputs(features, actions)
+        mask = batch["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.run_lm(self.embed_inputs(batch["input_ids"], features["camera_s32"]), mask, positions)
+        n = actions.shape[1]
+        logits = self.vlm.lm_head(hidden[:, -n - 1:-1])
+        return {"logits": logits, "hidden": hidden, "input_ids": batch["input_ids"]}
+
+    def loss(self, logits: Tensor, actions: Tensor) -> Tensor:
+        """Next-token NLL of the action tokens only (full vocabulary, as in LM fine-tuning)."""
+        target = self.action_ids[actions]
+        return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
+
+    def action_logits(self, logits: Tensor) -> Tensor:
+        """(..., V) -> (..., K): the logits of the K action tokens, in code order."""
+        return logits.index_select(-1, self.action_ids)
+
+    # --- inference ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, features: dict[str, Tensor]) -> Tensor:
+        """Greedy decoding of ``num_positions`` action tokens (restricted to ``<act_*>``), KV-cached: (B, N)."""
+        from transformers import DynamicCache
+
+        batch = self.inputs(features)
+        mask = batch["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        hidden = self.run_lm(self.embed_inputs(batch["input_ids"], features["camera_s32"]), mask, positions, cache)
+        codes = []
+        last = positions[:, -1:]
+        embed = self.vlm.get_input_embeddings()
+        for _ in range(self.num_positions):
+            code = self.action_logits(self.vlm.lm_head(hidden[:, -1])).argmax(-1)
+            codes.append(code)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            last = last + 1
+            hidden = self.run_lm(embed(self.action_ids[code])[:, None], mask, last, cache)
+        return torch.stack(codes, dim=1)
+
+    def encode(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The teacher's own tokens (generated, never labels) and what the planner consumes: ``embeddings``
+        (B, P + N, D) = P attention-pooled visual tokens then the hidden states at the N generated action
+        positions; ``probs`` (B, N, K) per-position distributions over the codes; ``codes`` (B, N)."""
+        codes = self.generate(features)
+        out = self.forward(features, codes)
+        hidden, n = out["hidden"], codes.shape[1]
+        image = out["input_ids"] == self.vocab.image
+        visual = hidden[image].view(len(hidden), self.processor.num_image_tokens, -1)
+        pooled, _ = self.pool_attn(self.pool_queries.expand(len(hidden), -1, -1), visual, visual,
+                                   need_weights=False)
+        return {"embeddings": torch.cat([pooled, hidden[:, -n:]], dim=1),
+                "probs": self.action_logits(out["logits"]).float().softmax(-1), "codes": codes}

@@ -1,0 +1,123 @@
+"""Tokenizer, prompt and sequence layout of the VLA teacher: everything between a scene's arrays and ``input_ids``.
+
+No language annotation is involved: the prompt is a fixed template filled with the driving command and the ego
+status (velocity, acceleration) of the current frame, i.e. exactly what the planner also sees. The layout is::
+
+    [bos] <image_start> <image> x T <image_end> command : left . velocity : + 8 . 3 + 0 . 0 ... actions : a_1 .. a_N
+
+left-padded so that the action tokens of every row sit in the last N positions (training) and generation appends
+to an aligned batch. CPU profiles build a small word-level tokenizer in code (no files, no download); a real
+backbone brings its own tokenizer from ``backbone.path``. Either way the image placeholders and the latent action
+tokens ``<act_0> .. <act_{K-1}>`` are added as special tokens (the model's embeddings are resized to match).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from latentvla.schema import DRIVING_COMMANDS
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+IMAGE, IMAGE_START, IMAGE_END = "<image>", "<image_start>", "<image_end>"
+# Words of the prompt template; digits and punctuation are single tokens, so every number costs a fixed count.
+BASE_WORDS: tuple[str, ...] = (
+    "command", "velocity", "acceleration", "actions", "m", "s", *DRIVING_COMMANDS,
+    *"0123456789", ".", ",", ":", "+", "-", "/",
+)
+
+
+def action_token(code: int) -> str:
+    return f"<act_{code}>"
+
+
+def build_tokenizer(words: tuple[str, ...] = BASE_WORDS):
+    """A word-level fast tokenizer over ``words`` (digits split one by one), built in code: reproducible and
+    offline. Saved with every run (``tokenizer.json``) so fine-tuning from a pretrain run keeps its ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate((PAD, BOS, EOS, UNK, *dict.fromkeys(words)))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                  pre_tokenizers.Digits(individual_digits=True)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS,
+                                   unk_token=UNK)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Ids the model needs: the K action tokens (in code order) and the image / padding specials."""
+
+    actions: tuple[int, ...]
+    image: int
+    image_start: int
+    image_end: int
+    pad: int
+    bos: int | None
+
+    @property
+    def num_codes(self) -> int:
+        return len(self.actions)
+
+
+def add_vla_tokens(tokenizer, num_codes: int) -> Vocab:
+    """Add the image specials and ``<act_0> .. <act_{K-1}>`` (once) and return their ids."""
+    if num_codes < 2:
+        raise ValueError(f"a latent action vocabulary needs at least 2 codes, got {num_codes}")
+    wanted = [IMAGE, IMAGE_START, IMAGE_END, *(action_token(k) for k in range(num_codes))]
+    missing = [t for t in wanted if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ids = tokenizer.convert_tokens_to_ids(wanted)
+    return Vocab(actions=tuple(ids[3:]), image=ids[0], image_start=ids[1], image_end=ids[2],
+                 pad=int(tokenizer.pad_token_id), bos=tokenizer.bos_token_id)
+
+
+def prompt_text(ego_status: np.ndarray) -> str:
+    """The fixed prompt of one scene from its (8,) ego status (velocity 2, acceleration 2, one-hot command 4)."""
+    e = np.asarray(ego_status, dtype=np.float64)
+    if e.shape != (8,) or not np.isfinite(e).all():
+        raise ValueError(f"ego status must be 8 finite numbers (velocity, acceleration, one-hot command), got {e}")
+    command = DRIVING_COMMANDS[int(np.argmax(e[4:8]))]
+    return (f"command : {command} . velocity : {e[0]:+05.1f} {e[1]:+05.1f} m / s . acceleration : "
+            f"{e[2]:+05.1f} {e[3]:+05.1f} m / s / s . actions :")
+
+
+class VLAProcessor:
+    """Scenes -> model inputs. ``__call__(ego_status (B, 8), actions (B, N) | None)`` returns ``input_ids`` and
+    ``attention_mask`` (B, L), left-padded; with ``actions`` the last N positions hold the action tokens."""
+
+    def __init__(self, tokenizer, vocab: Vocab, num_image_tokens: int):
+        self.tokenizer, self.vocab, self.num_image_tokens = tokenizer, vocab, num_image_tokens
+
+    def prefix_ids(self, ego_status: np.ndarray) -> list[int]:
+        v = self.vocab
+        head = ([v.bos] if v.bos is not None else []) + [v.image_start] + [v.image] * self.num_image_tokens
+        text = self.tokenizer(prompt_text(ego_status), add_special_tokens=False)["input_ids"]
+        if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in text:
+            raise ValueError(f"the prompt {prompt_text(ego_status)!r} has words outside the tokenizer's vocabulary")
+        return head + [v.image_end] + text
+
+    def __call__(self, ego_status: np.ndarray, actions: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        rows = [self.prefix_ids(e) for e in np.asarray(ego_status)]
+        if actions is not None:
+            codes = np.asarray(actions)
+            if codes.ndim != 2 or len(codes) != len(rows):
+                raise ValueError(f"actions must be (B, N) codes for {len(rows)} scenes, got shape {codes.shape}")
+            if codes.min(initial=0) < 0 or codes.max(initial=0) >= self.vocab.num_codes:
+                raise ValueError(f"action codes must lie in [0, {self.vocab.num_codes}), got "
+                                 f"[{codes.min()}, {codes.max()}]")
+            ids = np.asarray(self.vocab.actions)
+            rows = [r + ids[c].tolist() for r, c in zip(rows, codes)]
+        width = max(map(len, rows), default=0)
+        input_ids = torch.full((len(rows), width), self.vocab.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}

@@ -1,0 +1,166 @@
+"""VLA teacher units: prompt and sequence layout, action vocabulary, generation, save/load, both VLM families."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from latentvla.vla.configuration import VLAConfig
+from latentvla.vla.modeling import LatentVLATeacher
+from latentvla.vla.processor import VLAProcessor, add_vla_tokens, build_tokenizer, prompt_text
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GRID = (1, 6)  # stride-32 grid of three 32x64 cameras (quick features)
+
+
+def ego(vx=8.34, vy=-0.02, ax=0.2, ay=0.0, command=1) -> np.ndarray:
+    e = np.zeros(8, np.float32)
+    e[:4] = vx, vy, ax, ay
+    e[4 + command] = 1
+    return e
+
+
+def tiny_cfg(family: str = "qwen2_5_vl", **backbone) -> VLAConfig:
+    cfg = VLAConfig()
+    b = cfg.backbone
+    b.family, b.hidden_size, b.layers, b.heads, b.kv_heads, b.intermediate_size = family, 32, 1, 2, 1, 64
+    b.image_pool, b.pooled_visual_tokens = [1, 1], 2
+    for k, v in backbone.items():
+        setattr(b, k, v)
+    return cfg
+
+
+def make_teacher(cfg: VLAConfig, num_codes: int = 8, positions: int = 4, seed: int = 0) -> LatentVLATeacher:
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    return LatentVLATeacher(cfg, tok, add_vla_tokens(tok, num_codes), positions, GRID)
+
+
+def features(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    e = torch.from_numpy(np.stack([ego(vx=float(v), command=i % 3) for i, v in
+                                   enumerate(torch.rand(n, generator=g) * 15)]))
+    return {"ego_status": e, "camera_s32": torch.randn(n, 320, *GRID, generator=g).half()}
+
+
+def test_prompt_is_the_fixed_template_of_command_and_ego_status():
+    assert prompt_text(ego()) == ("command : straight . velocity : +08.3 -00.0 m / s . acceleration : +00.2 +00.0 "
+                                  "m / s / s . actions :")
+    assert prompt_text(ego(vx=-3.0, command=0)).startswith("command : left . velocity : -03.0")
+    with pytest.raises(ValueError, match="8 finite"):
+        prompt_text(np.full(8, np.nan))
+
+
+def test_sequences_are_left_padded_with_actions_last():
+    tok = build_tokenizer()
+    vocab = add_vla_tokens(tok, 8)
+    assert add_vla_tokens(tok, 8) == vocab and len(tok) == len(build_tokenizer()) + 3 + 8  # idempotent
+    assert list(vocab.actions) == list(range(vocab.actions[0], vocab.actions[0] + 8))
+    proc = VLAProcessor(tok, vocab, num_image_tokens=3)
+    # fixed-width numbers: every scene's prompt has the same length, whatever the speed
+    lengths = {len(proc.prefix_ids(ego(vx=v, ax=a))) for v in (0.0, 9.99, 35.0) for a in (-4.0, 0.0, 2.5)}
+    assert len(lengths) == 1
+    codes = np.array([[1, 2, 3], [7, 0, 5]])
+    batch = proc(np.stack([ego(), ego(vx=12.0)]), codes)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == mask.shape and bool(mask.all())
+    np.testing.assert_array_equal(ids[:, -3:].numpy(), np.asarray(vocab.actions)[codes])
+    assert int((ids[0] == vocab.image).sum()) == 3
+    assert tok.convert_ids_to_tokens(ids[0, -4:].tolist()) == [":", "<act_1>", "<act_2>", "<act_3>"]
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        proc(np.stack([ego()]), np.array([[8, 0, 0]]))
+
+
+def test_generation_agrees_with_teacher_forcing_on_its_own_tokens():
+    """Greedy KV-cached decoding = the argmax of a full teacher-forced pass over the generated tokens (each
+    position's logits depend only on the prefix), restricted to action codes."""
+    model = make_teacher(tiny_cfg()).eval()
+    f = features(5)
+    codes = model.generate(f)
+    assert codes.shape == (5, 4) and codes.dtype == torch.long
+    with torch.no_grad():
+        forced = model.action_logits(model(f, codes)["logits"]).argmax(-1)
+    torch.testing.assert_close(forced, codes)
+    enc = model.encode(f)
+    assert enc["embeddings"].shape == (5, 2 + 4, 32)
+    torch.testing.assert_close(enc["probs"].sum(-1), torch.ones(5, 4))
+    torch.testing.assert_close(enc["codes"], codes)
+
+
+def test_blind_teacher_ignores_the_images():
+    model = make_teacher(tiny_cfg())
+    model.cfg.blind = True
+    a, b = features(2, seed=1)["camera_s32"], features(2, seed=2)["camera_s32"]
+    torch.testing.assert_close(model.image_embeds(a), model.image_embeds(b))
+    model.cfg.blind = False
+    assert not torch.allclose(model.image_embeds(a), model.image_embeds(b))
+
+
+def _fit(model: LatentVLATeacher, f: dict, codes: torch.Tensor, steps: int, lr: float = 3e-3) -> list[float]:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(model(f, codes)["logits"], codes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
+def test_each_family_learns_image_dependent_codes(family):
+    """Codes that depend on the camera features only (one ego status for all scenes, so the prompt cannot tell
+    them apart): the teacher fits them, a blind one stays near the majority rate."""
+    f = features(32, seed=3)
+    f["ego_status"] = torch.from_numpy(np.stack([ego()] * 32))
+    codes = torch.stack([(f["camera_s32"][:, j, 0, j].float() > 0).long() * (j + 1) for j in range(4)], dim=1)
+    model = make_teacher(tiny_cfg(family))
+    losses = _fit(model, f, codes, 60)
+    assert losses[-1] < 0.5 * losses[0]
+    acc = float((model.eval().generate(f) == codes).float().mean())
+    blind = make_teacher(tiny_cfg(family))
+    blind.cfg.blind = True
+    _fit(blind, f, codes, 60)
+    blind_acc = float((blind.eval().generate(f) == codes).float().mean())
+    assert acc > 0.9 and blind_acc < 0.8, (acc, blind_acc)
+
+
+def test_lora_and_frozen_language_model_train_only_what_they_should():
+    from latentvla.vla.configuration import LoraConfig
+
+    lora = make_teacher(tiny_cfg(lora=LoraConfig(r=4, alpha=8)))
+    trainable = {n for n, p in lora.lm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n == "embed_tokens.weight" for n in trainable), trainable
+    assert all(p.requires_grad for p in lora.projector.parameters())
+    frozen = make_teacher(tiny_cfg(freeze_lm=True))
+    trainable = {n for n, p in frozen.lm.named_parameters() if p.requires_grad}
+    assert trainable == {"embed_tokens.weight"}
+
+
+def test_save_load_gives_identical_logits(tmp_path):
+    from latentvla.vla.checkpoint import load_teacher, save_teacher
+
+    model = make_teacher(tiny_cfg(), seed=5).eval()
+    f, codes = features(3), torch.randint(0, 8, (3, 4))
+    save_teacher(model, tmp_path)
+    loaded, cfg = load_teacher(tmp_path)
+    assert cfg == model.cfg
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(f, codes)["logits"], model(f, codes)["logits"], rtol=0, atol=0)
+    torch.testing.assert_close(loaded.generate(f), model.generate(f))
+
+
+def test_wrong_camera_grid_is_a_clear_error():
+    model = make_teacher(tiny_cfg())
+    f = features(1)
+    f["camera_s32"] = torch.zeros(1, 320, 2, 6)
+    with pytest.raises(ValueError, match="teacher was built for"):
+        model.generate(f)
+
+
+def test_unknown_family_is_rejected():
+    with pytest.raises(ValueError, match="unknown backbone.family"):
+        VLAConfig(backbone=tiny_cfg("gpt2").backbone)

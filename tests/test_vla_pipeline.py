@@ -1,0 +1,110 @@
+"""`latentvla vla train / eval` end to end on the tiny world (quick profile, in-process CLI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from latentvla.cli import app
+from latentvla.vla.evaluate import EVAL_KEYS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def vla(tiny_world, lam_run, runner, tmp_path_factory, planner_cache_root):
+    """A quick teacher trained on a private copy of the LAM run (so a test may delete its label store)."""
+    root = tmp_path_factory.mktemp("vla")
+    lam = root / "lam"
+    shutil.copytree(lam_run[0], lam)
+    run = root / "teacher"
+    args = ["vla", "train", "--data", str(tiny_world), "--labels", str(lam), "--out", str(run), "--profile", "quick",
+            "--workers", "1", "--quiet", "--cache-dir", str(planner_cache_root), "--lam-cache-dir", str(lam_run[1])]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return {"root": root, "lam": lam, "run": run, "args": args, "cache": planner_cache_root}
+
+
+def test_train_writes_a_complete_run(vla, runner):
+    run = vla["run"]
+    for name in ("config.yaml", "run.json", "metrics.json", "model.safetensors", "tokenizer/tokenizer.json"):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["stage"] == "vla" and info["labels"] == str(vla["lam"]) and info["init"] is None
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_positions"] == 12 and metrics["num_codes"] == 8 and metrics["epochs"] == 2
+    assert metrics["trainable_parameters"] == metrics["parameters"] > 0
+    before = (run / "model.safetensors").stat().st_mtime_ns
+    res = runner.invoke(app, vla["args"])  # same config, labels and init: the finished run is reused
+    assert res.exit_code == 0, res.output
+    assert (run / "model.safetensors").stat().st_mtime_ns == before
+    res = runner.invoke(app, [*vla["args"], "--set", "train.epochs=3"])
+    assert res.exit_code != 0 and "another config" in res.output
+
+
+def test_eval_json_contract_and_controls(vla, runner, tiny_world, tiny_store):
+    cache = str(vla["cache"])
+    res = runner.invoke(app, ["vla", "eval", "--run", str(vla["run"]), "--data", str(tiny_world), "--json",
+                              "--workers", "1", "--cache-dir", cache])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout.strip().splitlines()[-1])
+    assert tuple(sorted(metrics)) == tuple(sorted(EVAL_KEYS))
+    for k in EVAL_KEYS[:-1]:
+        assert np.isfinite(metrics[k]), k
+        if k != "nll":
+            assert 0.0 <= metrics[k] <= 1.0, k
+    assert metrics["sequence_accuracy"] <= metrics["token_accuracy"] <= metrics["top5_accuracy"] + 1e-9
+    families = {tiny_store.info(t)["family"] for t in tiny_store.tokens("test")}
+    assert set(metrics["by_family"]) == families
+    assert (vla["run"] / "blind" / "model.safetensors").is_file()  # the blank-image control was trained
+    saved = json.loads((vla["run"] / "metrics.json").read_text())
+    assert saved["token_accuracy"] == metrics["token_accuracy"] and saved["eval_split"] == "test"
+
+
+def test_inference_never_reads_the_label_store(vla, tiny_world):
+    """encode() on test scenes is unchanged after the LAM run's labels (and the whole LAM run) are deleted."""
+    from latentvla.planner.cache import PlannerCache
+    from latentvla.vla.checkpoint import load_teacher
+
+    def encode():
+        model, cfg = load_teacher(vla["run"])
+        cache = PlannerCache.open(tiny_world, cfg.features, cache_root=vla["cache"], quiet=True)
+        feats = cache.features(cache.tokens("test"))
+        return model.encode({k: torch.from_numpy(feats[k]) for k in ("ego_status", "camera_s32")})
+
+    before = encode()
+    shutil.rmtree(vla["lam"] / "labels")
+    shutil.move(vla["lam"], vla["root"] / "lam_gone")
+    after = encode()
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
+    shutil.move(vla["root"] / "lam_gone", vla["lam"])
+
+
+def test_init_copies_every_matching_weight(vla):
+    from safetensors.torch import load_file
+
+    from latentvla.vla.checkpoint import read_meta
+    from latentvla.vla.train import build_teacher
+
+    meta = read_meta(vla["run"])
+    from latentvla.config import from_dict
+    from latentvla.vla.configuration import VLAConfig
+
+    cfg = from_dict(VLAConfig, json.loads(meta["config"]))
+    cfg.seed = 123  # a different random init underneath
+    model = build_teacher(cfg, int(meta["num_codes"]), int(meta["num_positions"]),
+                          tuple(json.loads(meta["camera_grid"])), init=vla["run"])
+    saved = load_file(str(vla["run"] / "model.safetensors"))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
+
+
+def test_labels_must_be_a_lam_run(tiny_world, runner, tmp_path):
+    res = runner.invoke(app, ["vla", "train", "--data", str(tiny_world), "--labels", str(tmp_path), "--out",
+                              str(tmp_path / "t"), "--profile", "quick", "--quiet"])
+    assert res.exit_code != 0 and "not a LAM run directory" in res.output
