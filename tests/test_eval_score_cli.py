@@ -220,3 +220,36 @@ def test_minimal_hand_made_case(runner, tmp_path):
         assert scores[metric] > 0.8
         if metric == "epdms":
             assert scores["ec"] is None and scores["tlc"] == 1.0 and scores["lk"] == 1.0
+
+
+def test_batched_agents_plan_in_batches_and_fail_per_scene(tiny_world, tiny_store, cache_dir):
+    """An agent with compute_trajectories is called once per batch; a scene that breaks the batch is found by the
+    per-scene retry and only it becomes invalid, with the same plans elsewhere as the per-scene path."""
+    from latentvla.agents.baselines import ConstantVelocityAgent
+    from latentvla.eval.runner import score_split
+
+    tokens = tiny_store.tokens("test")[:5]
+    bad = tokens[2]
+
+    class Batched(ConstantVelocityAgent):
+        calls: list[int] = []
+
+        def compute_trajectory(self, agent_input, scene=None):
+            if agent_input.token == bad:
+                raise RuntimeError("boom")
+            return super().compute_trajectory(agent_input, scene)
+
+        def compute_trajectories(self, agent_inputs):
+            self.calls.append(len(agent_inputs))
+            return [self.compute_trajectory(a) for a in agent_inputs]
+
+    agent = Batched()
+    rows, _ = score_split(tiny_world, agent, split="test", cache_root=cache_dir, quiet=True, tokens=tokens)
+    plain, _ = score_split(tiny_world, ConstantVelocityAgent(), split="test", cache_root=cache_dir, quiet=True,
+                           tokens=tokens)
+    assert agent.calls == [5]
+    for r, p in zip(rows, plain):
+        assert r["valid"] == (r["token"] != bad)
+        if r["valid"]:
+            assert r["pdms"] == p["pdms"]
+    assert "RuntimeError: boom" in next(r for r in rows if r["token"] == bad)["error"]

@@ -108,3 +108,21 @@ def test_labels_must_be_a_lam_run(tiny_world, runner, tmp_path):
     res = runner.invoke(app, ["vla", "train", "--data", str(tiny_world), "--labels", str(tmp_path), "--out",
                               str(tmp_path / "t"), "--profile", "quick", "--quiet"])
     assert res.exit_code != 0 and "not a LAM run directory" in res.output
+
+
+def test_teacher_is_a_scoreable_agent(vla, tiny_world, tiny_store, cache_dir):
+    """The run's trajectory head was trained (phase 2) and `score --agent RUN` scores the teacher alone, batched
+    and scene by scene alike."""
+    from latentvla.agents.registry import load_agent
+    from latentvla.eval.runner import score_split
+
+    metrics = json.loads((vla["run"] / "metrics.json").read_text())
+    assert np.isfinite(metrics["val_ade"]) and metrics["val_ade"] > 0
+    agent = load_agent(str(vla["run"]))
+    assert agent.name.startswith("vla:") and agent.sensors == "current"
+    tokens = tiny_store.tokens("test")[:4]
+    rows, summary = score_split(tiny_world, agent, split="test", cache_root=cache_dir, quiet=True, tokens=tokens)
+    assert all(r["valid"] for r in rows), rows
+    single = [agent.compute_trajectory(tiny_store.load_agent_input(t)).poses for t in tokens]
+    batch = agent.compute_trajectories([tiny_store.load_agent_input(t) for t in tokens])
+    np.testing.assert_allclose(np.stack([b.poses for b in batch]), np.stack(single), atol=1e-4)

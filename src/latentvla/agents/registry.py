@@ -6,7 +6,8 @@ from pathlib import Path
 
 from latentvla.agents.base import Agent
 
-AGENT_NAMES = ("constant-velocity", "log-replay", "pdm-closed", "predictions:FILE.json", "PLANNER_RUN_DIR")
+AGENT_NAMES = ("constant-velocity", "log-replay", "pdm-closed", "predictions:FILE.json", "PLANNER_RUN_DIR",
+               "VLA_RUN_DIR")
 
 
 def _run_stage(path: Path) -> str:
@@ -36,8 +37,12 @@ def load_agent(spec: str) -> Agent:
                 from latentvla.planner.agent import PlannerAgent
 
                 return PlannerAgent(path)
+            if stage == "vla":
+                from latentvla.vla.agent import TeacherAgent
+
+                return TeacherAgent(path)
             raise ValueError(f"{path} is a '{stage}' run directory, which is not an agent; pass a planner run "
-                             f"(`latentvla planner train`) or score exported trajectories with "
+                             f"(`latentvla planner train`), a teacher run (`latentvla vla train`) or score exported trajectories with "
                              f"--agent predictions:FILE.json")
         raise ValueError(f"{path} is a directory but not a run directory (no config.yaml)")
     raise ValueError(f"unknown agent '{spec}'; valid agents: {', '.join(AGENT_NAMES)} or a run directory")

@@ -44,12 +44,42 @@ def score_column(metric: str) -> str:
 
 def agent_plan(agent: Agent, store: SceneStore, inputs: SceneInputs) -> np.ndarray:
     """The agent's plan for one scene as (8, 3) float64; raises ValueError with the reason if unusable."""
-    if agent.sensors == "none" and inputs.driving_commands is not None:
-        agent_input = inputs.agent_input()  # no log access needed
-    else:
-        agent_input = store.load_agent_input(inputs.token, sensors=agent.sensors != "none",
-                                             history_sensors=agent.sensors == "history")
+    agent_input = _agent_input(agent, store, inputs)
     return checked_poses(agent.compute_trajectory(agent_input, inputs if agent.requires_scene else None))
+
+
+AGENT_BATCH = 64  # scenes per compute_trajectories call (agents that plan in batches)
+
+
+def agent_plans(agent: Agent, store: SceneStore, entries: list[SceneInputs]) -> dict[str, np.ndarray | Exception]:
+    """Plans of many scenes: one ``compute_trajectories`` call per ``AGENT_BATCH`` scenes when the agent has it
+    (learned planners: one network pass instead of one per scene), else scene by scene. Any agent failure
+    becomes that scene's exception (a failing batch is retried scene by scene), never the run's."""
+    out: dict[str, np.ndarray | Exception] = {}
+    batched = hasattr(agent, "compute_trajectories") and not agent.requires_scene
+    for i in range(0, len(entries), AGENT_BATCH if batched else 1):
+        chunk = entries[i:i + AGENT_BATCH] if batched else entries[i:i + 1]
+        if batched:
+            try:
+                inputs = [_agent_input(agent, store, e) for e in chunk]
+                for e, traj in zip(chunk, agent.compute_trajectories(inputs), strict=True):
+                    out[e.token] = checked_poses(traj)
+                continue
+            except Exception:  # noqa: BLE001 - find the failing scene(s) one by one below
+                pass
+        for e in chunk:
+            try:
+                out[e.token] = agent_plan(agent, store, e)
+            except Exception as err:  # noqa: BLE001 - any agent failure marks the scene invalid, never the run
+                out[e.token] = err
+    return out
+
+
+def _agent_input(agent: Agent, store: SceneStore, inputs: SceneInputs):
+    if agent.sensors == "none" and inputs.driving_commands is not None:
+        return inputs.agent_input()  # no log access needed
+    return store.load_agent_input(inputs.token, sensors=agent.sensors != "none",
+                                  history_sensors=agent.sensors == "history")
 
 
 def checked_poses(traj: object) -> np.ndarray:
@@ -83,14 +113,13 @@ def _open(job: _Job) -> tuple[SceneStore, MetricCache]:
 def _score_chunk(job: _Job) -> list[dict]:
     store, cache = _open(job)
     entries = {t: cache.load(t) for t in job.tokens}
-    rows, plans = {}, {}
-    for tok in job.tokens:
-        inputs = entries[tok]
-        rows[tok] = {"token": tok, "family": inputs.family, "valid": True, "error": ""}
-        try:
-            plans[tok] = agent_plan(job.agent, store, inputs)
-        except Exception as e:  # noqa: BLE001 - any agent failure marks the scene invalid, never the run
-            rows[tok].update(valid=False, error=f"{type(e).__name__}: {e}"[:300])
+    rows = {t: {"token": t, "family": entries[t].family, "valid": True, "error": ""} for t in job.tokens}
+    plans = {}
+    for tok, plan in agent_plans(job.agent, store, [entries[t] for t in job.tokens]).items():
+        if isinstance(plan, Exception):
+            rows[tok].update(valid=False, error=f"{type(plan).__name__}: {plan}"[:300])
+        else:
+            plans[tok] = plan
     ok = [t for t in job.tokens if t in plans]
     if job.metric == "pdms":
         from latentvla.eval.scene_score import score_pdms_batch

@@ -16,27 +16,21 @@ from latentvla.agents.base import Agent
 from latentvla.schema import AgentInput, Trajectory
 
 
-class PlannerAgent(Agent):
+class FeatureAgent(Agent):
+    """An agent whose network reads planner features: built live from the ``AgentInput`` (``FeatureBuilder``) or
+    read from the planner cache (``use_cache``). Subclasses set ``cfg_features`` and ``device`` and implement
+    ``plan``; ``compute_trajectories`` plans many scenes in one batch (the scorer uses it when present)."""
+
     requires_scene = False
     sensors = "current"
+    cache = None
 
-    def __init__(self, run: str | Path, device: str = "cpu"):
-        from latentvla.planner.checkpoint import load_planner
+    def init_features(self, features_cfg, device: str) -> None:
         from latentvla.planner.features import FeatureBuilder
-        from latentvla.planner.train import MODEL_FILE
 
-        self.run = Path(run)
-        path = self.run / MODEL_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{self.run} has no {MODEL_FILE}: the planner run is unfinished (rerun "
-                                    f"`latentvla planner train ... --out {self.run} --resume`)")
-        self.model, self.cfg = load_planner(path, device)
-        self.device = device
-        self.name = f"{self.cfg.host}:{self.run.name}"
-        self.sensors = "none" if self.cfg.host == "ego-mlp" else "current"
-        self.builder = FeatureBuilder(self.cfg.features, device=device)
+        self.features_cfg, self.device = features_cfg, device
+        self.builder = FeatureBuilder(features_cfg, device=device)
         self.last_output: dict[str, np.ndarray] = {}
-        self.cache = None
 
     def use_cache(self, data: str | Path, split: str, cache_root: str | Path | None = None, workers: int = 1,
                   quiet: bool = True) -> None:
@@ -45,9 +39,7 @@ class PlannerAgent(Agent):
         agent then asks the runner for no sensors; a scene missing from the cache fails loudly."""
         from latentvla.planner.cache import PlannerCache
 
-        if self.cfg.host == "ego-mlp":
-            return  # nothing to gain: ego status only
-        self.cache = PlannerCache.open(data, self.cfg.features, cache_root=cache_root, workers=workers, quiet=quiet,
+        self.cache = PlannerCache.open(data, self.features_cfg, cache_root=cache_root, workers=workers, quiet=quiet,
                                        splits=None if split == "all" else [split])
         self.sensors = "none"
 
@@ -57,22 +49,54 @@ class PlannerAgent(Agent):
         if self.cache is not None:
             return {k: torch.from_numpy(v).to(self.device)
                     for k, v in self.cache.features([a.token for a in agent_inputs]).items()}
-        if self.cfg.host == "ego-mlp":  # ego status only: no sensors decoded, no backbone run
-            return {"ego_status": torch.from_numpy(np.stack([self.builder.ego_status(a) for a in agent_inputs]))}
         # stored dtypes (float16 camera features) so live and cached inputs match what training saw
         return {k: torch.from_numpy(np.asarray(v, dtype=FEATURE_DTYPES[k])).to(self.device)
                 for k, v in self.builder(agent_inputs).items()}
+
+    def plan(self, agent_inputs: list[AgentInput]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def compute_trajectories(self, agent_inputs: list[AgentInput]) -> list[Trajectory]:
+        out = self.plan(agent_inputs)
+        return [Trajectory(t.astype(np.float32)) for t in out["trajectory"]]
+
+    def compute_trajectory(self, agent_input: AgentInput, scene=None) -> Trajectory:
+        out = self.plan([agent_input])
+        self.last_output = {k: v[0] for k, v in out.items()}
+        return Trajectory(out["trajectory"][0].astype(np.float32))
+
+
+class PlannerAgent(FeatureAgent):
+    def __init__(self, run: str | Path, device: str = "cpu"):
+        from latentvla.planner.checkpoint import load_planner
+        from latentvla.planner.train import MODEL_FILE
+
+        self.run = Path(run)
+        path = self.run / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.run} has no {MODEL_FILE}: the planner run is unfinished (rerun "
+                                    f"`latentvla planner train ... --out {self.run} --resume`)")
+        self.model, self.cfg = load_planner(path, device)
+        self.name = f"{self.cfg.host}:{self.run.name}"
+        self.sensors = "none" if self.cfg.host == "ego-mlp" else "current"
+        self.init_features(self.cfg.features, device)
+
+    def use_cache(self, data: str | Path, split: str, cache_root: str | Path | None = None, workers: int = 1,
+                  quiet: bool = True) -> None:
+        if self.cfg.host == "ego-mlp":
+            return  # nothing to gain: ego status only
+        super().use_cache(data, split, cache_root, workers, quiet)
+
+    def features(self, agent_inputs: list[AgentInput]) -> dict[str, torch.Tensor]:
+        if self.cache is None and self.cfg.host == "ego-mlp":  # ego status only: no sensors, no backbone
+            return {"ego_status": torch.from_numpy(np.stack([self.builder.ego_status(a) for a in agent_inputs]))}
+        return super().features(agent_inputs)
 
     @torch.no_grad()
     def plan(self, agent_inputs: list[AgentInput]) -> dict[str, np.ndarray]:
         """Batched inference: every model output as numpy (``trajectory`` (B, 8, 3) among them)."""
         out = self.model(self.features(agent_inputs))
         return {k: v.detach().cpu().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
-
-    def compute_trajectory(self, agent_input: AgentInput, scene=None) -> Trajectory:
-        out = self.plan([agent_input])
-        self.last_output = {k: v[0] for k, v in out.items()}
-        return Trajectory(out["trajectory"][0].astype(np.float32))
 
     def describe(self) -> str:
         return f"{self.name} ({self.cfg.host}, {self.run})"

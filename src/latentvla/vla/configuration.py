@@ -58,6 +58,18 @@ class ActionConfig:
 
 
 @dataclass
+class TrajectoryHeadConfig:
+    """The head that turns the teacher's pooled visual + generated-action embeddings (plus ego status) into a
+    trajectory, trained after the teacher with the VLM frozen, so the teacher alone can be scored."""
+
+    hidden: int = 256
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+
+
+@dataclass
 class VLATrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
@@ -77,6 +89,7 @@ class VLAConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     actions: ActionConfig = field(default_factory=ActionConfig)
     train: VLATrainConfig = field(default_factory=VLATrainConfig)
+    trajectory: TrajectoryHeadConfig = field(default_factory=TrajectoryHeadConfig)
     blind: bool = False  # blank images (the "do the images matter?" control of `vla eval`)
 
     def __post_init__(self) -> None:

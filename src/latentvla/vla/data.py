@@ -65,6 +65,7 @@ class SplitArrays:
     features: dict[str, np.ndarray]  # ego_status (S, 8) float32, camera_s32 (S, 320, h, w) float16
     codes: np.ndarray  # (S, N) int64
     families: list[str]
+    trajectory: np.ndarray  # (S, 8, 3) expert poses: a training target of the trajectory head, never an input
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -77,11 +78,10 @@ def split_arrays(cache, labels: LatentLabels, split: str) -> SplitArrays:
     if missing:
         raise ValueError(f"{len(missing)} {split} scenes (e.g. {missing[0]}) have no label in {labels.lam_run}; "
                          f"the labels belong to another dataset: delete {labels.lam_run}/labels and re-label")
-    feats = cache.features(tokens)
-    return SplitArrays(tokens, {k: feats[k] for k in FEATURES},
-                       np.stack([labels.codes[t] for t in tokens]) if tokens else np.zeros((0, labels.num_positions),
-                                                                                           np.int64),
-                       [labels.families[t] for t in tokens])
+    feats, targets = cache.load(tokens)
+    codes = np.stack([labels.codes[t] for t in tokens]) if tokens else np.zeros((0, labels.num_positions), np.int64)
+    return SplitArrays(tokens, {k: feats[k] for k in FEATURES}, codes, [labels.families[t] for t in tokens],
+                       targets["trajectory"])
 
 
 def open_cache(data: str | Path, cfg: VLAConfig, splits: tuple[str, ...], workers: int = 1, quiet: bool = False,

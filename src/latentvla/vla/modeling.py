@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentvla.planner.features import S32_CHANNELS
+from latentvla.planner.modeling import EGO_DIM, NUM_POSES, POSE_DIM, bounded_poses
 from latentvla.vla.configuration import BackboneConfig, VLAConfig
 from latentvla.vla.processor import VLAProcessor, Vocab
 
@@ -149,6 +150,13 @@ class LatentVLATeacher(nn.Module):
         self.pool_queries = nn.Parameter(torch.randn(1, b.pooled_visual_tokens, hidden) * 0.02)
         self.pool_attn = nn.MultiheadAttention(hidden, max(1, b.heads), batch_first=True)
         self.register_buffer("action_ids", torch.tensor(vocab.actions, dtype=torch.long), persistent=False)
+        # trajectory head: pooled visual + generated-action embeddings + normalised ego status -> 8 poses
+        width = cfg.trajectory.hidden
+        self.traj_head = nn.Sequential(
+            nn.Linear((b.pooled_visual_tokens + num_positions) * hidden + EGO_DIM, width), nn.ReLU(),
+            nn.Linear(width, width), nn.ReLU(), nn.Linear(width, NUM_POSES * POSE_DIM))
+        self.register_buffer("ego_mean", torch.zeros(EGO_DIM))
+        self.register_buffer("ego_std", torch.ones(EGO_DIM))
         self._apply_training_switches(b)
 
     # --- set-up -------------------------------------------------------------------------------------------
@@ -253,16 +261,38 @@ class LatentVLATeacher(nn.Module):
             hidden = self.run_lm(embed(self.action_ids[code])[:, None], mask, last, cache)
         return torch.stack(codes, dim=1)
 
-    def encode(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The teacher's own tokens (generated, never labels) and what the planner consumes: ``embeddings``
-        (B, P + N, D) = P attention-pooled visual tokens then the hidden states at the N generated action
-        positions; ``probs`` (B, N, K) per-position distributions over the codes; ``codes`` (B, N)."""
+    @torch.no_grad()
+    def hidden_states(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The frozen teacher's part of ``encode``: its own greedy tokens ``codes`` (B, N), ``probs`` (B, N, K),
+        the last hidden states at the image positions ``visual`` (B, T, D) and at the generated action
+        positions ``actions`` (B, N, D)."""
         codes = self.generate(features)
         out = self.forward(features, codes)
         hidden, n = out["hidden"], codes.shape[1]
         image = out["input_ids"] == self.vocab.image
-        visual = hidden[image].view(len(hidden), self.processor.num_image_tokens, -1)
-        pooled, _ = self.pool_attn(self.pool_queries.expand(len(hidden), -1, -1), visual, visual,
-                                   need_weights=False)
-        return {"embeddings": torch.cat([pooled, hidden[:, -n:]], dim=1),
-                "probs": self.action_logits(out["logits"]).float().softmax(-1), "codes": codes}
+        return {"codes": codes, "probs": self.action_logits(out["logits"]).float().softmax(-1),
+                "visual": hidden[image].view(len(hidden), self.processor.num_image_tokens, -1),
+                "actions": hidden[:, -n:]}
+
+    def embeddings(self, visual: Tensor, actions: Tensor) -> Tensor:
+        """(B, P + N, D): P attention-pooled visual tokens, then the N generated-action hidden states."""
+        q = self.pool_queries.expand(len(visual), -1, -1).to(visual.dtype)
+        pooled, _ = self.pool_attn(q, visual, visual, need_weights=False)
+        return torch.cat([pooled, actions], dim=1)
+
+    def trajectory(self, embeddings: Tensor, ego_status: Tensor) -> Tensor:
+        """Embeddings (B, P + N, D) + ego status (B, 8) -> (B, 8, 3) poses (the teacher as a planner)."""
+        ego = (ego_status.float() - self.ego_mean) / self.ego_std
+        raw = self.traj_head(torch.cat([embeddings.flatten(1).float(), ego], dim=-1))
+        return bounded_poses(raw.view(len(raw), NUM_POSES, POSE_DIM))
+
+    def encode(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What the planner consumes, from the teacher's **own** tokens (never labels): ``embeddings``
+        (B, P + N, D), ``probs`` (B, N, K) per-position distributions over the codes, ``codes`` (B, N)."""
+        h = self.hidden_states(features)
+        return {"embeddings": self.embeddings(h["visual"], h["actions"]), "probs": h["probs"], "codes": h["codes"]}
+
+    @torch.no_grad()
+    def plan(self, features: dict[str, Tensor]) -> Tensor:
+        """(B, 8, 3) trajectory decoded from the generated tokens and the ego status."""
+        return self.trajectory(self.encode(features)["embeddings"], features["ego_status"])

@@ -1,11 +1,12 @@
 """``latentvla vla train``: fine-tune the VLA teacher to predict a LAM run's latent action tokens (Lightning).
 
 Train split trains, val split selects (lowest teacher-forced val NLL of the action tokens). The loss is next-token
-NLL on the action tokens only; the prompt and image positions carry no loss. ``--init RUN`` starts from another
+NLL on the action tokens only; the prompt and image positions carry no loss. A second phase then fits the
+trajectory head on the frozen teacher (``trajectory.py``), so the run is also a scoreable agent. ``--init RUN`` starts from another
 teacher or pretraining run (every tensor whose name and shape match). The run directory holds ``config.yaml``,
 ``run.json`` (config hash, labels run, init run, provenance), ``model.safetensors`` + ``tokenizer/`` and
 ``metrics.json``; a finished run with the same config, labels and init is reused, ``--resume`` continues from
-``checkpoints/last.ckpt``.
+``checkpoints/last.ckpt`` (or, when the teacher finished, runs the head phase only).
 """
 
 from __future__ import annotations
@@ -121,8 +122,11 @@ def _train(data: Path, run: Path, cfg: VLAConfig, labels_run: Path, init: str | 
     digest = config_hash({"config": cfg, "labels": labels.lam_config_hash, "init": init_hash})
     if (run / "run.json").is_file() and read_json(run / "run.json").get("config_hash") != digest:
         raise ValueError(f"{run} holds a teacher run with another config, labels or init; choose a new --out")
-    if (run / MODEL_FILE).is_file() and (run / "metrics.json").is_file() and not resume:
-        return read_json(run / "metrics.json")
+    done = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    if (run / MODEL_FILE).is_file() and "val_ade" in done and not resume:
+        return done  # finished run with this config
+    if resume and (run / MODEL_FILE).is_file() and "best_val_nll" in done:
+        return _head_phase(data, run, cfg, labels, done, workers, quiet, cache_root)  # teacher done, head left
     run.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, run / "config.yaml")
     write_json(run / "run.json", {"stage": "vla", "config_hash": digest, "labels": str(labels_run),
@@ -178,5 +182,22 @@ def _train(data: Path, run: Path, cfg: VLAConfig, labels_run: Path, init: str | 
                "parameters": int(sum(p.numel() for p in model.parameters())),
                "trainable_parameters": int(sum(p.numel() for p in module.model.parameters() if p.requires_grad)),
                "best_val_nll": float(best.best_model_score) if best.best_model_score is not None else None}
+    write_json(run / "metrics.json", metrics, indent=1)
+    return _head_phase(data, run, cfg, labels, metrics, workers, quiet, cache_root, model, (tr, va))
+
+
+def _head_phase(data: Path, run: Path, cfg: VLAConfig, labels, metrics: dict, workers: int, quiet: bool, cache_root,
+                model=None, arrays: tuple[SplitArrays, SplitArrays] | None = None) -> dict:
+    """Phase 2: the trajectory head on the frozen teacher; rewrites the weights and metrics.json."""
+    from latentvla.vla.trajectory import train_head
+
+    if arrays is None:
+        cache = open_cache(data, cfg, ("train", "val"), workers=workers, quiet=quiet, cache_root=cache_root)
+        arrays = split_arrays(cache, labels, "train"), split_arrays(cache, labels, "val")
+    if model is None:
+        model, _ = load_teacher(run)
+    torch.set_num_threads(cfg.train.num_threads)
+    metrics = {**metrics, **train_head(model, cfg, *arrays, run / "checkpoints", quiet)}
+    save_teacher(model, run)
     write_json(run / "metrics.json", metrics, indent=1)
     return metrics

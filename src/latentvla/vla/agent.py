@@ -1,0 +1,42 @@
+"""A trained teacher run as an ``Agent``: ``latentvla score --agent runs/vla/<name>`` scores the teacher alone.
+
+It reads the same planner features as training (live from the ``AgentInput`` or from the planner cache), generates
+its own latent action tokens and decodes them, with the ego status, into a trajectory. No label is ever read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentvla.planner.agent import FeatureAgent
+from latentvla.schema import AgentInput
+from latentvla.vla.data import FEATURES
+
+
+class TeacherAgent(FeatureAgent):
+    def __init__(self, run: str | Path, device: str = "cpu"):
+        from latentvla.runtime.io import read_json
+        from latentvla.vla.checkpoint import load_teacher, read_meta
+
+        self.run = Path(run)
+        read_meta(self.run)  # clear error if unfinished
+        if "val_ade" not in read_json(self.run / "metrics.json"):
+            raise ValueError(f"{self.run}: the trajectory head was not trained yet (rerun `latentvla vla train ... "
+                             f"--out {self.run} --resume`)")
+        self.model, self.cfg = load_teacher(self.run, device)
+        self.name = f"vla:{self.run.name}"
+        self.init_features(self.cfg.features, device)
+
+    @torch.no_grad()
+    def plan(self, agent_inputs: list[AgentInput]) -> dict[str, np.ndarray]:
+        feats = {k: v for k, v in self.features(agent_inputs).items() if k in FEATURES}
+        enc = self.model.encode(feats)
+        traj = self.model.trajectory(enc["embeddings"], feats["ego_status"])
+        return {"trajectory": traj.cpu().numpy(), "codes": enc["codes"].cpu().numpy(),
+                "probs": enc["probs"].cpu().numpy()}
+
+    def describe(self) -> str:
+        return f"{self.name} (VLA teacher, {self.run})"
