@@ -67,6 +67,31 @@ def _shuffle_diagnostic(model, batch: list[tuple], seed: int) -> dict[str, float
     return {k: float(v) * len(ft) for k, v in model.shuffled_recon(ft, ftp, em, perm).items()}
 
 
+def scene_codes(store: SceneStore, cache, model, cfg: LAMConfig, split: str, batch: int = 512
+                ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(tokens, env codes (N, W, Q), ego codes (N, W, Q)) of the split's scenes, windows encoded in batches:
+    what labelling needs, without the report's reconstruction, probes and diagnostics."""
+    wf = cfg.window_frames
+    model.eval()
+    tokens, ft, ftp, em = [], [], [], []
+    for token in store.tokens(split):
+        log, starts, mot = scene_windows(store, token, wf, cfg.windows)
+        feats = cache.load_log(log)[0]
+        s = np.asarray(starts)
+        tokens.append(token), ft.append(feats[s]), ftp.append(feats[s + wf]), em.append(mot)
+    if not tokens:
+        return [], np.zeros((0, cfg.windows, cfg.model.num_queries), np.int64), \
+            np.zeros((0, cfg.windows, cfg.model.num_queries), np.int64)
+    ft, ftp, em = (np.concatenate(x) for x in (ft, ftp, em))
+    env, ego = [], []
+    with torch.no_grad():
+        for i in range(0, len(ft), batch):
+            e, g = model.encode(*(torch.from_numpy(x[i:i + batch]).float() for x in (ft, ftp, em)))
+            env.append(e.numpy()), ego.append(g.numpy())
+    shape = (len(tokens), cfg.windows, -1)
+    return tokens, np.concatenate(env).reshape(shape), np.concatenate(ego).reshape(shape)
+
+
 def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str) -> dict:
     """Codes (N, W, Q) of both codebooks, window motions (N, W, 9), agents' motion (N, W, 2), the feature
     errors of the split's scenes and the shuffled-latent diagnostic (recon gain with ego / env latents permuted
@@ -136,11 +161,9 @@ def label(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fal
     cache = _open_cache(data, cfg, store, ("train", "val", "test"), workers, quiet, cache_root)
     labels = {}
     for split in ("train", "val", "test"):
-        if not store.tokens(split):
-            continue
-        res = scene_tokens(store, cache, model, cfg, split)
-        for i, tok in enumerate(res["tokens"]):
-            labels[tok] = {"split": split, "ego": res["ego"][i].ravel().tolist(), "env": res["env"][i].ravel().tolist()}
+        tokens, env, ego = scene_codes(store, cache, model, cfg, split)
+        for i, tok in enumerate(tokens):
+            labels[tok] = {"split": split, "ego": ego[i].ravel().tolist(), "env": env[i].ravel().tolist()}
     write_json(out, {"run_config": read_json(run / "run.json")["config_hash"], "window_s": cfg.window_s,
                      "windows": cfg.windows, "num_queries": cfg.model.num_queries, "scenes": labels})
     return out
