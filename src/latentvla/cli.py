@@ -23,7 +23,7 @@ lam_app = typer.Typer(no_args_is_help=True, help="Latent action model: train (tw
 app.add_typer(lam_app, name="lam")
 planner_app = typer.Typer(no_args_is_help=True, help="Planner hosts (transfuser | ipad | ego-mlp): train.")
 app.add_typer(planner_app, name="planner")
-vla_app = typer.Typer(no_args_is_help=True, help="VLA teacher: predicts latent action tokens (train, eval).")
+vla_app = typer.Typer(no_args_is_help=True, help="VLA teacher: predicts latent action tokens (pretrain, train, eval).")
 app.add_typer(vla_app, name="vla")
 
 console = Console(stderr=True)
@@ -393,6 +393,27 @@ def vla_train(
                     workers=workers or _default_workers(), quiet=quiet, cache_root=cache_dir,
                     lam_cache_root=lam_cache_dir)
     console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
+
+
+@vla_app.command("pretrain")
+@_friendly
+def vla_pretrain(
+    data: Path = typer.Option(..., "--data", help="A separately generated, family-balanced world (see "
+                                                  "docs/TRAINING.md); trains on train, selects on val."),
+    out: Path = typer.Option(..., "--out", help="Run directory (pass it to `vla train --init`)."),
+    profile: str = ProfileOpt,
+    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with config overrides."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Dotted override, e.g. pretrain.epochs=2."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Image-text pretraining (captions and VQA on perception facts only) of the tiny backbone."""
+    from latentvla.vla.pretrain import pretrain
+
+    metrics = pretrain(data, out, vla_config(profile, config, set_), workers=workers or _default_workers(),
+                       quiet=quiet, cache_root=cache_dir)
+    console.print(f"[green]pretrained[/] {out}: {json.dumps(metrics)}")
 
 
 @vla_app.command("eval")

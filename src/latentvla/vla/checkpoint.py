@@ -66,9 +66,25 @@ def load_teacher(run: str | Path, device: str = "cpu"):
 
 def load_weights_into(model: torch.nn.Module, run: str | Path) -> list[str]:
     """Initialise ``model`` from another run's weights (``--init``): every tensor whose name and shape match is
-    copied; returns the names that were not (new heads, a resized vocabulary)."""
-    state = load_file(str(Path(run) / MODEL_FILE))
+    copied; one that differs only in its first dimension (token embeddings and LM head rows after more action
+    tokens were appended) gets its leading rows copied. Returns the names left (partly) at their init."""
+    state = read_state(run)
     own = model.state_dict()
-    skipped = [k for k in own if k not in state or state[k].shape != own[k].shape]
-    model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
+    new, skipped = {}, []
+    for k, v in own.items():
+        src = state.get(k)
+        if src is not None and src.shape == v.shape:
+            new[k] = src
+            continue
+        skipped.append(k)
+        if src is not None and src.ndim == v.ndim >= 1 and src.shape[1:] == v.shape[1:]:
+            rows = min(len(src), len(v))
+            new[k] = v.clone()
+            new[k][:rows] = src[:rows]
+    model.load_state_dict(new, strict=False)
     return skipped
+
+
+def read_state(run: str | Path) -> dict[str, torch.Tensor]:
+    read_meta(run)
+    return load_file(str(Path(run) / MODEL_FILE))

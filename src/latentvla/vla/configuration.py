@@ -44,7 +44,7 @@ class BackboneConfig:
     layers: int = 4
     heads: int = 4
     kv_heads: int = 2
-    intermediate_size: int = 512
+    intermediate_size: int = 256
     image_pool: list[int] = field(default_factory=lambda: [1, 2])  # lite0: avg-pool (rows, cols) of the s32 grid
     freeze_lm: bool = False  # train only the projector (and action embeddings through LoRA / resize)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -70,6 +70,17 @@ class TrajectoryHeadConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """``vla pretrain``: captioning + VQA on perception facts (vla/facts.py) of a separately generated world."""
+
+    epochs: int = 4
+    lr: float = 1e-3
+    batch_size: int = 32
+    tasks_per_scene: int = 2  # the caption plus this many - 1 questions drawn per scene (seeded)
+    action_codes: int = 16  # <act_k> tokens created already (so fine-tuning with this many codes keeps every row)
+
+
+@dataclass
 class VLATrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
@@ -90,6 +101,7 @@ class VLAConfig:
     actions: ActionConfig = field(default_factory=ActionConfig)
     train: VLATrainConfig = field(default_factory=VLATrainConfig)
     trajectory: TrajectoryHeadConfig = field(default_factory=TrajectoryHeadConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     blind: bool = False  # blank images (the "do the images matter?" control of `vla eval`)
 
     def __post_init__(self) -> None:

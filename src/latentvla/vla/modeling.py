@@ -223,12 +223,15 @@ class LatentVLATeacher(nn.Module):
         """Teacher forcing on ``actions`` (B, N) codes: logits (B, N, V) that predict each action token and the
         last hidden states (B, L, D)."""
         batch = self.inputs(features, actions)
-        mask = batch["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.run_lm(self.embed_inputs(batch["input_ids"], features["camera_s32"]), mask, positions)
+        hidden = self.hidden_of(batch["input_ids"], batch["attention_mask"], features["camera_s32"])
         n = actions.shape[1]
         logits = self.vlm.lm_head(hidden[:, -n - 1:-1])
         return {"logits": logits, "hidden": hidden, "input_ids": batch["input_ids"]}
+
+    def hidden_of(self, input_ids: Tensor, mask: Tensor, camera: Tensor) -> Tensor:
+        """Last hidden states (B, L, D) of a left-padded sequence whose image placeholders take ``camera``."""
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.run_lm(self.embed_inputs(input_ids, camera), mask, positions)
 
     def loss(self, logits: Tensor, actions: Tensor) -> Tensor:
         """Next-token NLL of the action tokens only (full vocabulary, as in LM fine-tuning)."""

@@ -3,7 +3,7 @@
 No language annotation is involved: the prompt is a fixed template filled with the driving command and the ego
 status (velocity, acceleration) of the current frame, i.e. exactly what the planner also sees. The layout is::
 
-    [bos] <image_start> <image> x T <image_end> command : left . velocity : + 8 . 3 + 0 . 0 ... actions : a_1 .. a_N
+    [bos] <image_start> <image> x T <image_end> command : left . velocity : + 0 8 . 3 + 0 . 0 ... actions : a_1 .. a_N
 
 left-padded so that the action tokens of every row sit in the last N positions (training) and generation appends
 to an aligned batch. CPU profiles build a small word-level tokenizer in code (no files, no download); a real
@@ -19,13 +19,16 @@ import numpy as np
 import torch
 
 from latentvla.schema import DRIVING_COMMANDS
+from latentvla.vla.facts import FACT_WORDS
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 IMAGE, IMAGE_START, IMAGE_END = "<image>", "<image_start>", "<image_end>"
 # Words of the prompt template; digits and punctuation are single tokens, so every number costs a fixed count.
+# The pretraining stand-in's perception words (vla/facts.py) are part of every tokenizer, so a teacher trained from
+# scratch and one fine-tuned from a pretraining run share ids.
 BASE_WORDS: tuple[str, ...] = (
     "command", "velocity", "acceleration", "actions", "m", "s", *DRIVING_COMMANDS,
-    *"0123456789", ".", ",", ":", "+", "-", "/",
+    *"0123456789", ".", ",", ":", "+", "-", "/", "?", *FACT_WORDS,
 )
 
 
@@ -79,13 +82,14 @@ def add_vla_tokens(tokenizer, num_codes: int) -> Vocab:
 
 
 def prompt_text(ego_status: np.ndarray) -> str:
-    """The fixed prompt of one scene from its (8,) ego status (velocity 2, acceleration 2, one-hot command 4)."""
+    """The fixed prompt of one scene from its (8,) ego status (velocity 2, acceleration 2, one-hot command 4).
+    Numbers have fixed widths (speed two digits, acceleration one; one decimal), so prompts line up in a batch."""
     e = np.asarray(ego_status, dtype=np.float64)
     if e.shape != (8,) or not np.isfinite(e).all():
         raise ValueError(f"ego status must be 8 finite numbers (velocity, acceleration, one-hot command), got {e}")
     command = DRIVING_COMMANDS[int(np.argmax(e[4:8]))]
-    return (f"command : {command} . velocity : {e[0]:+05.1f} {e[1]:+05.1f} m / s . acceleration : "
-            f"{e[2]:+05.1f} {e[3]:+05.1f} m / s / s . actions :")
+    return (f"command : {command} . velocity : {e[0]:+05.1f} {e[1]:+04.1f} . acceleration : {e[2]:+04.1f} "
+            f"{e[3]:+04.1f} . actions :")
 
 
 class VLAProcessor:
@@ -95,13 +99,42 @@ class VLAProcessor:
     def __init__(self, tokenizer, vocab: Vocab, num_image_tokens: int):
         self.tokenizer, self.vocab, self.num_image_tokens = tokenizer, vocab, num_image_tokens
 
-    def prefix_ids(self, ego_status: np.ndarray) -> list[int]:
+    def text_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
+            raise ValueError(f"the text {text!r} has words outside the tokenizer's vocabulary")
+        return ids
+
+    def prefix_ids(self, ego_status: np.ndarray | None = None, text: str | None = None) -> list[int]:
+        """Image block then the ego prompt (or ``text``, e.g. a pretraining question)."""
         v = self.vocab
         head = ([v.bos] if v.bos is not None else []) + [v.image_start] + [v.image] * self.num_image_tokens
-        text = self.tokenizer(prompt_text(ego_status), add_special_tokens=False)["input_ids"]
-        if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in text:
-            raise ValueError(f"the prompt {prompt_text(ego_status)!r} has words outside the tokenizer's vocabulary")
-        return head + [v.image_end] + text
+        return head + [v.image_end] + self.text_ids(prompt_text(ego_status) if text is None else text)
+
+    def text_batch(self, prompts: list[str], answers: list[str]) -> dict[str, torch.Tensor]:
+        """Image + ``prompts[i]`` then ``answers[i]`` and EOS, left-padded; ``labels`` (B, L) hold the next-token
+        targets of the answer and EOS positions (-100 elsewhere, the usual ignore index)."""
+        eos = self.tokenizer.eos_token_id
+        rows, spans = [], []
+        for p, a in zip(prompts, answers, strict=True):
+            answer = self.text_ids(a) + ([eos] if eos is not None else [])
+            rows.append(self.prefix_ids(text=p) + answer)
+            spans.append(len(answer))
+        out = self._pad(rows)
+        labels = torch.full_like(out["input_ids"], -100)
+        for i, n in enumerate(spans):
+            labels[i, -n:] = out["input_ids"][i, -n:]
+        out["labels"] = labels
+        return out
+
+    def _pad(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(map(len, rows), default=0)
+        input_ids = torch.full((len(rows), width), self.vocab.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
 
     def __call__(self, ego_status: np.ndarray, actions: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         rows = [self.prefix_ids(e) for e in np.asarray(ego_status)]
@@ -114,10 +147,4 @@ class VLAProcessor:
                                  f"[{codes.min()}, {codes.max()}]")
             ids = np.asarray(self.vocab.actions)
             rows = [r + ids[c].tolist() for r, c in zip(rows, codes)]
-        width = max(map(len, rows), default=0)
-        input_ids = torch.full((len(rows), width), self.vocab.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+        return self._pad(rows)
