@@ -82,14 +82,23 @@ def test_demo_quick(runner, tmp_path):
     assert (out / "world_stats.png").is_file() and (out / "config.yaml").is_file()
     assert summary["gallery"] and all(cv2.imread(p) is not None for p in summary["gallery"])
     assert summary["provenance"]["inputs"]["manifest"]
-    assert set(summary["scores"]) == {"log-replay", "pdm-closed", "constant-velocity", "ego-mlp", "ipad"}
+    assert set(summary["scores"]) == {"log-replay", "pdm-closed", "constant-velocity", "ego-mlp", "ipad",
+                                      "vla-teacher"}
+    from latentvla.lam.report import REPORT_KEYS
+    from latentvla.vla.evaluate import EVAL_KEYS
+
+    assert set(summary["lam"]["report"]) == set(REPORT_KEYS) and (out / "lam" / "labels").is_dir()
+    assert set(summary["teacher"]["eval"]) == set(EVAL_KEYS)
+    assert (out / "vla" / "pretrain" / "model.safetensors").is_file() and (out / "pretrain_world").is_dir()
     assert set(summary["planners"]) == {"ego-mlp", "ipad"}
     assert (out / "planner" / "ipad" / "model.safetensors").is_file() and (out / "eval" / "ipad.pdms.csv").is_file()
     for scores in summary["scores"].values():
         assert 0.0 <= scores["pdms-v1.1"] <= 1.0 and 0.0 <= scores["epdms-v2"] <= 1.0
     assert (out / "eval" / "log-replay.pdms.csv").is_file() and (out / "eval" / "pdm-closed.epdms.summary.json").is_file()
     # Running it again resumes (nothing regenerated or retrained) and succeeds.
-    weights = (out / "planner" / "ipad" / "model.safetensors").stat().st_mtime_ns
+    weights = [(out / p).stat().st_mtime_ns for p in ("planner/ipad/model.safetensors", "lam/model.safetensors",
+                                                       "vla/teacher/model.safetensors")]
     r = runner.invoke(app, ["demo", "--out", str(out), "--profile", "quick", "--scenes", "28", "--workers", "1"])
     assert r.exit_code == 0, r.output
-    assert (out / "planner" / "ipad" / "model.safetensors").stat().st_mtime_ns == weights
+    assert [(out / p).stat().st_mtime_ns for p in ("planner/ipad/model.safetensors", "lam/model.safetensors",
+                                                   "vla/teacher/model.safetensors")] == weights

@@ -16,7 +16,8 @@ from latentvla.world.generate import generate
 GALLERY_PER_FAMILY = 2
 BASELINES = ("log-replay", "pdm-closed", "constant-velocity")
 DEMO_HOSTS = ("ego-mlp", "ipad")  # the shortcut baseline and the paper's host (transfuser: `planner train`)
-STAGES = 5
+STAGES = 7
+PRETRAIN_WORLD = Path(__file__).parent / "configs" / "world" / "pretrain.yaml"
 
 
 def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, workers: int = 1,
@@ -65,9 +66,20 @@ def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, worker
         scores.update({name: p["scores"] for name, p in planners.items()})
     else:
         console.print("[yellow]the world lacks a train, val or test split: planner hosts skipped[/]")
+    lam, teacher = {}, {}
+    console.rule(f"[bold]6/{STAGES} latent action model[/] (two stages, then labels and report on split test)")
+    if store.tokens("train") and store.tokens("val") and store.tokens("test"):
+        lam = train_lam(world, out, profile, workers=workers, console=console)
+        console.rule(f"[bold]7/{STAGES} VLA teacher[/] (pretraining world, pretraining, fine-tuning on latent actions, "
+                     f"eval and PDMS on split test)")
+        teacher = train_teacher(world, out, profile, cfg.scenes, lam["run"], workers=workers, console=console)
+        scores["vla-teacher"] = teacher["scores"]
+    else:
+        console.print("[yellow]the world lacks a train, val or test split: latent actions and teacher skipped[/]")
     dump_yaml(cfg, out / "config.yaml")
     summary = {"world": str(world), "scenes": len(store), "stats": str(out / "world_stats.json"),
-               "gallery": [str(p) for p in written], "scores": scores, "planners": planners,
+               "gallery": [str(p) for p in written], "scores": scores, "planners": planners, "lam": lam,
+               "teacher": teacher,
                "provenance": provenance({"manifest": world / "manifest.json"})}
     write_json(out / "demo.json", summary, indent=1)
     console.print(f"[green]world[/]    {world}  ({len(store)} scenes; `latentvla data verify {world}`)")
@@ -76,7 +88,59 @@ def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, worker
     console.print(f"[green]scores[/]   {out / 'eval'}/ (per-scene CSV + summary per agent and metric)")
     if planners:
         console.print(f"[green]planners[/] {out / 'planner'}/ (runs: `latentvla score --agent {out / 'planner' / 'ipad'}`)")
+    if teacher:
+        console.print(f"[green]latents[/]  {out / 'lam'}/ (report: `latentvla lam report --run {out / 'lam'} --data {world}`)")
+        console.print(f"[green]teacher[/]  {teacher['run']}/ (`latentvla vla eval --run {teacher['run']} --data {world}`)")
     return summary
+
+
+def train_lam(world: Path, out: Path, profile: str, workers: int = 1, console: Console | None = None) -> dict:
+    """Both LAM stages (reusing a finished run), the label store and the test-split report."""
+    from latentvla.lam.configuration import LAMConfig
+    from latentvla.lam.report import label, report
+    from latentvla.lam.train import train
+
+    console = console or Console(stderr=True)
+    run = out / "lam"
+    metrics = train(world, run, resolve(LAMConfig, "lam", profile), resume=(run / "run.json").is_file(),
+                    workers=workers)
+    label(run, world, workers=workers)
+    rep = report(run, world, workers=workers, quiet=True)
+    console.print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in rep.items()))
+    return {"run": str(run), "report": rep, "train_seconds": (metrics.get("stage1_seconds") or 0)
+            + (metrics.get("stage2_seconds") or 0)}
+
+
+def train_teacher(world: Path, out: Path, profile: str, scenes: int, lam_run: str, workers: int = 1,
+                  console: Console | None = None) -> dict:
+    """A separate family-balanced pretraining world (half the scenes, another seed), image-text pretraining on
+    its perception facts, fine-tuning on the LAM's latent actions (``--init``), eval and PDMS of the teacher."""
+    from latentvla.vla.agent import TeacherAgent
+    from latentvla.vla.configuration import VLAConfig
+    from latentvla.vla.evaluate import evaluate
+    from latentvla.vla.pretrain import pretrain
+    from latentvla.vla.train import train
+
+    console = console or Console(stderr=True)
+    pre_cfg = resolve(WorldConfig, "world", profile, PRETRAIN_WORLD, [f"scenes={max(20, scenes // 2)}"])
+    pre_world = out / "pretrain_world"
+    generate(pre_world, pre_cfg, workers=workers, resume=(pre_world / ".generation.json").is_file(),
+             overwrite=False)
+    cfg = resolve(VLAConfig, "vla", profile)
+    pre = pretrain(pre_world, out / "vla" / "pretrain", cfg, workers=workers)
+    run = out / "vla" / "teacher"
+    metrics = train(world, run, cfg, lam_run, init=out / "vla" / "pretrain", workers=workers,
+                    resume=(run / "run.json").is_file())
+    ev = evaluate(run, world, workers=workers)
+    console.print(f"teacher: token accuracy {ev['token_accuracy']:.3f} (majority {ev['baseline_token_accuracy']:.3f},"
+                  f" blank images {ev['blind_token_accuracy']:.3f}), top-5 {ev['top5_accuracy']:.3f}")
+    agent = TeacherAgent(run)
+    agent.use_cache(world, "test", workers=workers)
+    scores = score_agent(world, agent, out / "eval", workers=workers, console=console)
+    console.print(f"teacher: PDMS {100 * scores['pdms-v1.1']:.1f} / EPDMS {100 * scores['epdms-v2']:.1f}")
+    return {"run": str(run), "pretrain": str(out / "vla" / "pretrain"), "eval": ev, "scores": scores,
+            "seconds": {"pretrain": pre.get("train_seconds"), "train": metrics.get("train_seconds"),
+                        "head": metrics.get("head_train_seconds")}}
 
 
 def score_agent(world: Path, agent, out: Path, workers: int = 1, console: Console | None = None) -> dict:

@@ -123,8 +123,8 @@ def _train(data: Path, run: Path, cfg: VLAConfig, labels_run: Path, init: str | 
     if (run / "run.json").is_file() and read_json(run / "run.json").get("config_hash") != digest:
         raise ValueError(f"{run} holds a teacher run with another config, labels or init; choose a new --out")
     done = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-    if (run / MODEL_FILE).is_file() and "val_ade" in done and not resume:
-        return done  # finished run with this config
+    if (run / MODEL_FILE).is_file() and "val_ade" in done:
+        return done  # finished run with this config (nothing left to resume either)
     if resume and (run / MODEL_FILE).is_file() and "best_val_nll" in done:
         return _head_phase(data, run, cfg, labels, done, workers, quiet, cache_root)  # teacher done, head left
     run.mkdir(parents=True, exist_ok=True)
