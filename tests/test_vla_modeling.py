@@ -164,3 +164,40 @@ def test_wrong_camera_grid_is_a_clear_error():
 def test_unknown_family_is_rejected():
     with pytest.raises(ValueError, match="unknown backbone.family"):
         VLAConfig(backbone=tiny_cfg("gpt2").backbone)
+
+
+def test_native_vision_path_trains_and_round_trips(tmp_path):
+    """vision=native: the family's own (tiny) tower reads the stitched uint8 image; its tokens depend on the
+    image, it stays frozen by default, and save/load keeps the logits."""
+    from latentvla.vla.checkpoint import load_teacher, save_teacher
+
+    cfg = tiny_cfg(vision="native")
+    cfg.features.camera.backbone = "none"
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    model = LatentVLATeacher(cfg, tok, add_vla_tokens(tok, 8), 4, (56, 168))
+    assert model.processor.num_image_tokens == (56 // 28) * (168 // 28)
+    assert not any(p.requires_grad for p in model.adapter.vision_tower(model.vlm).parameters())
+    g = torch.Generator().manual_seed(0)
+    f = {"ego_status": torch.from_numpy(np.stack([ego()] * 3)),
+         "camera": torch.randint(0, 255, (3, 3, 56, 168), generator=g, dtype=torch.uint8)}
+    emb = model.image_embeds(f["camera"])
+    assert emb.shape == (3, 12, 32) and not torch.allclose(emb[0], emb[1])
+    codes = torch.randint(0, 8, (3, 4), generator=g)
+    losses = _fit(model, f, codes, 30)
+    assert losses[-1] < losses[0]
+    save_teacher(model.eval(), tmp_path)
+    loaded, _ = load_teacher(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(f, codes)["logits"], model(f, codes)["logits"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="camera must be"):
+        model.image_embeds(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_native_vision_needs_the_raw_camera_and_a_native_family():
+    with pytest.raises(ValueError, match="features.camera.backbone=none"):
+        VLAConfig(backbone=tiny_cfg(vision="native").backbone)
+    cfg = tiny_cfg("idefics3", vision="native")
+    with pytest.raises(ValueError, match="native is built for"):
+        VLAConfig(backbone=cfg.backbone, features=VLAConfig().features.__class__(
+            camera=type(VLAConfig().features.camera)(backbone="none")))

@@ -13,7 +13,7 @@ import torch
 
 from latentvla.planner.agent import FeatureAgent
 from latentvla.schema import AgentInput
-from latentvla.vla.data import FEATURES
+from latentvla.vla.data import feature_keys
 
 
 class TeacherAgent(FeatureAgent):
@@ -32,7 +32,7 @@ class TeacherAgent(FeatureAgent):
 
     @torch.no_grad()
     def plan(self, agent_inputs: list[AgentInput]) -> dict[str, np.ndarray]:
-        feats = {k: v for k, v in self.features(agent_inputs).items() if k in FEATURES}
+        feats = {k: v for k, v in self.features(agent_inputs).items() if k in feature_keys(self.cfg)}
         enc = self.model.encode(feats)
         traj = self.model.trajectory(enc["embeddings"], feats["ego_status"])
         return {"trajectory": traj.cpu().numpy(), "codes": enc["codes"].cpu().numpy(),

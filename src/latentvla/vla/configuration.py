@@ -6,8 +6,9 @@ run's label store. Two vision paths share one sequence layout:
 
 - ``vision = "lite0"`` (CPU profiles): the frozen ImageNet EfficientNet-Lite0 stride-32 features of the planner
   cache, average-pooled by ``image_pool`` and projected into the language model by a learned MLP (LLaVA-style);
-- the VLM's own vision tower on the stitched camera image (the ``full`` profile with real Qwen2.5-VL weights from
-  ``backbone.path``) is the next increment; the adapter interface (``modeling.VLMAdapter``) is shaped for it.
+- ``vision = "native"``: the VLM's own vision tower on the stitched front-camera image (the planner cache's raw
+  ``camera`` array, ``features.camera.backbone = none``), for real Qwen2.5-VL weights from ``backbone.path``
+  (the ``full`` profile); the tower is frozen unless ``freeze_vision = false``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from latentvla.planner.configuration import FeatureConfig
 
 FAMILIES = ("qwen2_5_vl", "idefics3")
-VISION_MODES = ("lite0",)
+VISION_MODES = ("lite0", "native")
+NATIVE_FAMILIES = ("qwen2_5_vl",)
 ACTION_TARGETS = ("ego", "ego+env")
 
 
@@ -39,7 +41,8 @@ class BackboneConfig:
 
     family: str = "qwen2_5_vl"
     path: str | None = None
-    vision: str = "lite0"
+    vision: str = "lite0"  # lite0 | native
+    freeze_vision: bool = True  # native: keep the VLM's vision tower frozen
     hidden_size: int = 128
     layers: int = 4
     heads: int = 4
@@ -92,11 +95,17 @@ class VLATrainConfig:
     num_threads: int = 2
 
 
+def camera_key(cfg: VLAConfig) -> str:
+    """The planner feature that carries the images: ``camera_s32`` (lite0) or ``camera`` (native)."""
+    return "camera_s32" if cfg.backbone.vision == "lite0" else "camera"
+
+
 @dataclass
 class VLAConfig:
     seed: int = 0
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    # Planner features the lite0 path reads (camera_s32, ego_status): the planner cache is shared with the hosts.
+    # Planner features the teacher reads (ego_status and camera_s32 for lite0, the raw stitched camera for native):
+    # the planner cache is shared with the hosts.
     features: FeatureConfig = field(default_factory=FeatureConfig)
     actions: ActionConfig = field(default_factory=ActionConfig)
     train: VLATrainConfig = field(default_factory=VLATrainConfig)
@@ -115,6 +124,11 @@ class VLAConfig:
         if b.vision == "lite0" and self.features.camera.backbone != "efficientnet-lite0":
             raise ValueError("backbone.vision=lite0 reads EfficientNet-Lite0 features: set "
                              "features.camera.backbone=efficientnet-lite0")
+        if b.vision == "native" and self.features.camera.backbone != "none":
+            raise ValueError("backbone.vision=native reads the stitched camera image: set features.camera.backbone=none")
+        if b.vision == "native" and b.family not in NATIVE_FAMILIES:
+            raise ValueError(f"backbone.vision=native is built for {list(NATIVE_FAMILIES)}, not '{b.family}'; use "
+                             f"vision=lite0 with this family")
         if len(b.image_pool) != 2 or min(b.image_pool) < 1:
             raise ValueError(f"backbone.image_pool must be two positive ints (rows, cols), got {b.image_pool}")
         if b.hidden_size % b.heads or b.heads % b.kv_heads:

@@ -1,4 +1,4 @@
-"""What the teacher trains and is evaluated on: planner-cache features (camera_s32, ego_status) and a LAM run's
+"""What the teacher trains and is evaluated on: planner-cache features (ego status, camera) and a LAM run's
 latent action labels, per split, held in memory (about 35 kB per scene at the demo size).
 
 Labels come from ``latentvla lam label`` (``LAM_RUN/labels/<dataset digest>.json``); they are written on demand
@@ -15,7 +15,11 @@ import numpy as np
 from latentvla.runtime.io import read_json
 from latentvla.vla.configuration import VLAConfig
 
-FEATURES = ("ego_status", "camera_s32")
+
+def feature_keys(cfg: VLAConfig) -> tuple[str, str]:
+    from latentvla.vla.configuration import camera_key
+
+    return ("ego_status", camera_key(cfg))
 
 
 @dataclass
@@ -62,7 +66,7 @@ def load_labels(lam_run: str | Path, data: str | Path, targets: str = "ego", wor
 @dataclass
 class SplitArrays:
     tokens: list[str]
-    features: dict[str, np.ndarray]  # ego_status (S, 8) float32, camera_s32 (S, 320, h, w) float16
+    features: dict[str, np.ndarray]  # ego_status (S, 8) float32; camera_s32 (S, 320, h, w) float16 or camera uint8
     codes: np.ndarray  # (S, N) int64
     families: list[str]
     trajectory: np.ndarray  # (S, 8, 3) expert poses: a training target of the trajectory head, never an input
@@ -71,7 +75,7 @@ class SplitArrays:
         return len(self.tokens)
 
 
-def split_arrays(cache, labels: LatentLabels, split: str) -> SplitArrays:
+def split_arrays(cache, labels: LatentLabels, split: str, cfg: VLAConfig) -> SplitArrays:
     """Features and labels of every scene of ``split`` (a scene without a label is an error, not a skip)."""
     tokens = cache.tokens(split)
     missing = [t for t in tokens if t not in labels.codes]
@@ -80,7 +84,7 @@ def split_arrays(cache, labels: LatentLabels, split: str) -> SplitArrays:
                          f"the labels belong to another dataset: delete {labels.lam_run}/labels and re-label")
     feats, targets = cache.load(tokens)
     codes = np.stack([labels.codes[t] for t in tokens]) if tokens else np.zeros((0, labels.num_positions), np.int64)
-    return SplitArrays(tokens, {k: feats[k] for k in FEATURES}, codes, [labels.families[t] for t in tokens],
+    return SplitArrays(tokens, {k: feats[k] for k in feature_keys(cfg)}, codes, [labels.families[t] for t in tokens],
                        targets["trajectory"])
 
 

@@ -70,7 +70,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", workers: in
     labels = load_labels(info["labels"], data, cfg.actions.targets, workers=workers, quiet=True,
                          cache_root=lam_cache_root)
     cache = open_cache(data, cfg, (split, "train"), workers=workers, quiet=quiet, cache_root=cache_root)
-    test, train_arrays = split_arrays(cache, labels, split), split_arrays(cache, labels, "train")
+    test, train_arrays = split_arrays(cache, labels, split, cfg), split_arrays(cache, labels, "train", cfg)
     if not len(test):
         raise ValueError(f"{data} has no scenes in the {split} split")
     threads = torch.get_num_threads()

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentvla.planner.features import S32_CHANNELS
 from latentvla.planner.modeling import EGO_DIM, NUM_POSES, POSE_DIM, bounded_poses
-from latentvla.vla.configuration import BackboneConfig, VLAConfig
+from latentvla.vla.configuration import BackboneConfig, VLAConfig, camera_key
 from latentvla.vla.processor import VLAProcessor, Vocab
 
 # The tiny configs' default special ids point into the real vocabularies; the teacher's tokenizer owns them.
@@ -45,6 +46,19 @@ class VLMAdapter:
     def drop_vision(self, model) -> None:
         """Remove the family's vision tower (the lite0 path feeds projected features instead)."""
         raise NotImplementedError
+
+    # native vision (the family's own tower on the stitched camera image); families without it refuse clearly
+    def native_processor(self, image_size: tuple[int, int]):
+        raise ValueError(f"native vision is not built for the {self.family} family; use backbone.vision=lite0")
+
+    def native_tokens(self, processor, image_size: tuple[int, int]) -> int:
+        raise ValueError(f"native vision is not built for the {self.family} family")
+
+    def native_features(self, model, processor, images: np.ndarray) -> Tensor:
+        raise ValueError(f"native vision is not built for the {self.family} family")
+
+    def vision_tower(self, model) -> nn.Module:
+        raise ValueError(f"native vision is not built for the {self.family} family")
 
     def build(self, b: BackboneConfig, vocab_size: int):
         cls = self.model_class()
@@ -78,7 +92,8 @@ class Qwen25VLAdapter(VLMAdapter):
                     max_position_embeddings=1024, tie_word_embeddings=False, **NO_SPECIAL_IDS,
                     rope_parameters={"rope_type": "default", "rope_theta": 1e4,
                                      "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter]})
-        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=b.hidden_size)
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=b.hidden_size,
+                      fullatt_block_indexes=[0])
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **NO_SPECIAL_IDS)
 
     def language_model(self, model) -> nn.Module:
@@ -86,6 +101,29 @@ class Qwen25VLAdapter(VLMAdapter):
 
     def drop_vision(self, model) -> None:
         model.model.visual = None
+
+    def native_processor(self, image_size: tuple[int, int]):
+        """The PIL image processor (no torchvision), pinned to one pixel count so every image gives the same
+        number of tokens."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        pixels = int(image_size[0] * image_size[1])
+        return Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels)
+
+    def native_tokens(self, processor, image_size: tuple[int, int]) -> int:
+        grid = processor(images=[np.zeros((*image_size, 3), np.uint8)], return_tensors="pt")["image_grid_thw"]
+        return int(grid.prod()) // processor.merge_size ** 2
+
+    def native_features(self, model, processor, images: np.ndarray) -> Tensor:
+        device = model.get_input_embeddings().weight.device
+        px = processor(images=list(images), return_tensors="pt")
+        tower = self.vision_tower(model)
+        dtype = next(tower.parameters()).dtype
+        out = model.model.get_image_features(px["pixel_values"].to(device, dtype), px["image_grid_thw"].to(device))
+        return torch.stack(list(out.pooler_output))
+
+    def vision_tower(self, model) -> nn.Module:
+        return model.model.visual
 
 
 class Idefics3Adapter(VLMAdapter):
@@ -125,7 +163,8 @@ def pooled_grid(features_shape: tuple[int, int], pool: list[int]) -> tuple[int, 
 
 
 class LatentVLATeacher(nn.Module):
-    """Teacher on planner features ``{"ego_status": (B, 8), "camera_s32": (B, 320, h, w)}``.
+    """Teacher on planner features ``{"ego_status": (B, 8), "camera_s32": (B, 320, h, w)}`` (lite0) or
+    ``{"ego_status", "camera": (B, 3, H, W) uint8}`` (native).
 
     ``forward(features, actions)`` -> logits (B, N, V) of the N action positions (teacher forcing);
     ``generate(features)`` -> codes (B, N); ``encode(features)`` -> embeddings (B, P + N, D), probs (B, N, K),
@@ -137,16 +176,26 @@ class LatentVLATeacher(nn.Module):
         b = cfg.backbone
         self.cfg, self.num_positions, self.camera_grid = cfg, num_positions, tuple(camera_grid)
         self.adapter = ADAPTERS[b.family]
-        self.grid = pooled_grid(camera_grid, b.image_pool)
-        self.processor = VLAProcessor(tokenizer, vocab, self.grid[0] * self.grid[1])
+        self.native = b.vision == "native"
+        self.camera_key = camera_key(cfg)
+        if self.native:  # the family's own tower on the stitched (H, W) image
+            self.image_processor = self.adapter.native_processor(self.camera_grid)
+            self.grid = None
+            num_image_tokens = self.adapter.native_tokens(self.image_processor, self.camera_grid)
+        else:  # lite0: pooled stride-32 EfficientNet features through a projector
+            self.grid = pooled_grid(camera_grid, b.image_pool)
+            num_image_tokens = self.grid[0] * self.grid[1]
+        self.processor = VLAProcessor(tokenizer, vocab, num_image_tokens)
         self.vlm = self.adapter.build(b, len(tokenizer))
-        self.adapter.drop_vision(self.vlm)
+        if not self.native:
+            self.adapter.drop_vision(self.vlm)
         if self.vlm.get_input_embeddings().num_embeddings != len(tokenizer):
             self.vlm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         hidden = self.vlm.get_input_embeddings().embedding_dim
         self.hidden_size = hidden
-        self.projector = nn.Sequential(nn.Linear(S32_CHANNELS, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.image_pos = nn.Parameter(torch.zeros(1, self.processor.num_image_tokens, hidden))
+        if not self.native:
+            self.projector = nn.Sequential(nn.Linear(S32_CHANNELS, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+            self.image_pos = nn.Parameter(torch.zeros(1, num_image_tokens, hidden))
         self.pool_queries = nn.Parameter(torch.randn(1, b.pooled_visual_tokens, hidden) * 0.02)
         self.pool_attn = nn.MultiheadAttention(hidden, max(1, b.heads), batch_first=True)
         self.register_buffer("action_ids", torch.tensor(vocab.actions, dtype=torch.long), persistent=False)
@@ -179,12 +228,23 @@ class LatentVLATeacher(nn.Module):
             for name, p in self.lm.named_parameters():
                 if "lora_" not in name and p is not embed.weight:
                     p.requires_grad_(False)
+        if self.native and b.freeze_vision:
+            self.adapter.vision_tower(self.vlm).requires_grad_(False)
         if b.gradient_checkpointing:
             self.vlm.gradient_checkpointing_enable()
 
     # --- pieces -------------------------------------------------------------------------------------------
     def image_embeds(self, camera: Tensor) -> Tensor:
-        """(B, 320, h, w) frozen features -> (B, T, D) image tokens (zeros in, when ``cfg.blind``)."""
+        """(B, T, D) image tokens from (B, 320, h, w) frozen features (lite0) or a (B, 3, H, W) uint8 stitched
+        image (native); blank input when ``cfg.blind``."""
+        if self.native:
+            if camera.ndim != 4 or camera.shape[1] != 3 or tuple(camera.shape[2:]) != self.camera_grid:
+                raise ValueError(f"camera must be (B, 3, {self.camera_grid[0]}, {self.camera_grid[1]}) uint8 for "
+                                 f"this teacher, got {tuple(camera.shape)}")
+            images = camera.permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)
+            if self.cfg.blind:
+                images = np.zeros_like(images)
+            return self.adapter.native_features(self.vlm, self.image_processor, images)
         if camera.ndim != 4 or camera.shape[1] != S32_CHANNELS:
             raise ValueError(f"camera_s32 must be (B, {S32_CHANNELS}, h, w), got {tuple(camera.shape)}")
         x = camera.float()
@@ -215,7 +275,7 @@ class LatentVLATeacher(nn.Module):
     def inputs(self, features: dict[str, Tensor], actions: Tensor | None = None) -> dict[str, Tensor]:
         ego = features["ego_status"].detach().cpu().numpy()
         batch = self.processor(ego, None if actions is None else actions.detach().cpu().numpy())
-        device = features["camera_s32"].device
+        device = features[self.camera_key].device
         return {k: v.to(device) for k, v in batch.items()}
 
     # --- training -----------------------------------------------------------------------------------------
@@ -223,7 +283,7 @@ class LatentVLATeacher(nn.Module):
         """Teacher forcing on ``actions`` (B, N) codes: logits (B, N, V) that predict each action token and the
         last hidden states (B, L, D)."""
         batch = self.inputs(features, actions)
-        hidden = self.hidden_of(batch["input_ids"], batch["attention_mask"], features["camera_s32"])
+        hidden = self.hidden_of(batch["input_ids"], batch["attention_mask"], features[self.camera_key])
         n = actions.shape[1]
         logits = self.vlm.lm_head(hidden[:, -n - 1:-1])
         return {"logits": logits, "hidden": hidden, "input_ids": batch["input_ids"]}
@@ -252,7 +312,7 @@ class LatentVLATeacher(nn.Module):
         mask = batch["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        hidden = self.run_lm(self.embed_inputs(batch["input_ids"], features["camera_s32"]), mask, positions, cache)
+        hidden = self.run_lm(self.embed_inputs(batch["input_ids"], features[self.camera_key]), mask, positions, cache)
         codes = []
         last = positions[:, -1:]
         embed = self.vlm.get_input_embeddings()

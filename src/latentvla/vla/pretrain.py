@@ -25,7 +25,7 @@ from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.parallel import progress_bar
 from latentvla.runtime.provenance import provenance
 from latentvla.vla.checkpoint import MODEL_FILE, load_teacher, save_teacher
-from latentvla.vla.configuration import VLAConfig
+from latentvla.vla.configuration import VLAConfig, camera_key
 from latentvla.vla.facts import QUESTIONS, TASKS, perception_facts, task_text
 
 PRETRAIN_POSITIONS = 1  # the pretraining run has no action sequence; its trajectory head is never used
@@ -165,12 +165,12 @@ def _pretrain(data: Path, run: Path, cfg: VLAConfig, workers: int, quiet: bool, 
         tokens = cache.tokens(split)
         if not tokens:
             raise ValueError(f"pretraining world {data} has no {split} scenes")
-        camera = cache.features(tokens)["camera_s32"]
+        camera = cache.features(tokens)[camera_key(cfg)]
         facts = scene_facts(data, tokens, quiet)
         splits[split] = (camera, examples(facts, cfg.pretrain.tasks_per_scene, cfg.seed + (split == "val")))
     prep_s = time.time() - start
     torch.set_num_threads(cfg.train.num_threads)
-    model = build_teacher(cfg, cfg.pretrain.action_codes, PRETRAIN_POSITIONS, tuple(splits["train"][0].shape[2:]))
+    model = build_teacher(cfg, cfg.pretrain.action_codes, PRETRAIN_POSITIONS, tuple(splits["train"][0].shape[-2:]))
     if quiet:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")

@@ -24,7 +24,7 @@ from latentvla.config import config_hash, dump_yaml
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.provenance import provenance
 from latentvla.vla.checkpoint import MODEL_FILE, load_teacher, load_tokenizer, load_weights_into, save_teacher
-from latentvla.vla.configuration import VLAConfig
+from latentvla.vla.configuration import VLAConfig, camera_key
 from latentvla.vla.data import SplitArrays, load_labels, open_cache, split_arrays
 
 
@@ -138,12 +138,12 @@ def _train(data: Path, run: Path, cfg: VLAConfig, labels_run: Path, init: str | 
     torch.set_num_threads(1)
     start = time.time()
     cache = open_cache(data, cfg, ("train", "val"), workers=workers, quiet=quiet, cache_root=cache_root)
-    tr, va = split_arrays(cache, labels, "train"), split_arrays(cache, labels, "val")
+    tr, va = split_arrays(cache, labels, "train", cfg), split_arrays(cache, labels, "val", cfg)
     if not len(tr) or not len(va):
         raise ValueError(f"{data} needs scenes in both the train and the val split (train {len(tr)}, val {len(va)})")
     prep_s = time.time() - start
     torch.set_num_threads(cfg.train.num_threads)
-    grid = tuple(tr.features["camera_s32"].shape[2:])
+    grid = tuple(tr.features[camera_key(cfg)].shape[-2:])
     model = build_teacher(cfg, labels.num_codes, labels.num_positions, grid, init)
 
     if quiet:
@@ -193,7 +193,7 @@ def _head_phase(data: Path, run: Path, cfg: VLAConfig, labels, metrics: dict, wo
 
     if arrays is None:
         cache = open_cache(data, cfg, ("train", "val"), workers=workers, quiet=quiet, cache_root=cache_root)
-        arrays = split_arrays(cache, labels, "train"), split_arrays(cache, labels, "val")
+        arrays = split_arrays(cache, labels, "train", cfg), split_arrays(cache, labels, "val", cfg)
     if model is None:
         model, _ = load_teacher(run)
     torch.set_num_threads(cfg.train.num_threads)
