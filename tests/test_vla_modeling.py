@@ -201,3 +201,30 @@ def test_native_vision_needs_the_raw_camera_and_a_native_family():
     with pytest.raises(ValueError, match="native is built for"):
         VLAConfig(backbone=cfg.backbone, features=VLAConfig().features.__class__(
             camera=type(VLAConfig().features.camera)(backbone="none")))
+
+
+def test_trajectory_head_trains_with_dropout_on_and_fresh_weights(tmp_path):
+    """The head phase trains the pooling and head only, from fresh weights, in train mode (Lightning keeps a
+    module's eval mode, which silently switched the head's dropout off), and leaves the teacher untouched."""
+    from latentvla.vla.data import SplitArrays
+    from latentvla.vla.trajectory import train_head
+
+    cfg = tiny_cfg()
+    cfg.trajectory.epochs, cfg.trajectory.hidden, cfg.trajectory.token_dim = 2, 16, 4
+    model = make_teacher(cfg).eval()
+    f = features(12)
+    t = np.cumsum(np.tile([[1.0, 0.0, 0.0]], (12, 8, 1)), axis=1).astype(np.float32)
+
+    def arrays(n):
+        return SplitArrays([str(i) for i in range(n)], {k: v[:n].numpy() for k, v in f.items()},
+                           np.zeros((n, 4), np.int64), ["cruise"] * n, t[:n])
+
+    modes = []
+    model.traj_ctx.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    lm_before = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    head_before = model.traj_out[0].weight.clone()
+    out = train_head(model, cfg, arrays(12), arrays(6), tmp_path, quiet=True)
+    assert np.isfinite(out["val_ade"]) and True in modes
+    assert all(torch.equal(v, model.lm.state_dict()[k]) for k, v in lm_before.items())
+    assert not torch.equal(head_before, model.traj_out[0].weight)
+    assert all(p.requires_grad for p in model.lm.parameters())  # switches restored

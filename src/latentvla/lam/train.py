@@ -99,6 +99,9 @@ def train_stage(model, stage: int, train: WindowFeatures, val: WindowFeatures, c
                                                                        save_top_k=0)])
     last = ckpt_dir / "last.ckpt"
     start = time.time()
+    # Lightning keeps each module's mode, and a model loaded from a stage-1 snapshot is in eval mode: the EMA
+    # codebook and dead-code restarts only run in train mode
+    model.train()
     trainer.fit(_module(model, stage, cfg), loader, val_loader, ckpt_path=str(last) if resume and last.is_file()
                 else None)
     return {f"stage{stage}_seconds": round(time.time() - start, 1), f"stage{stage}_steps": int(trainer.global_step)}

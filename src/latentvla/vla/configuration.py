@@ -66,6 +66,8 @@ class TrajectoryHeadConfig:
     trajectory, trained after the teacher with the VLM frozen, so the teacher alone can be scored."""
 
     hidden: int = 256
+    token_dim: int = 16  # each embedding token is normalised and projected to this width
+    dropout: float = 0.5  # on the embedding path (the ego path has none)
     epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 1e-4

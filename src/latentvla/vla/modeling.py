@@ -199,14 +199,33 @@ class LatentVLATeacher(nn.Module):
         self.pool_queries = nn.Parameter(torch.randn(1, b.pooled_visual_tokens, hidden) * 0.02)
         self.pool_attn = nn.MultiheadAttention(hidden, max(1, b.heads), batch_first=True)
         self.register_buffer("action_ids", torch.tensor(vocab.actions, dtype=torch.long), persistent=False)
-        # trajectory head: pooled visual + generated-action embeddings + normalised ego status -> 8 poses
-        width = cfg.trajectory.hidden
-        self.traj_head = nn.Sequential(
-            nn.Linear((b.pooled_visual_tokens + num_positions) * hidden + EGO_DIM, width), nn.ReLU(),
-            nn.Linear(width, width), nn.ReLU(), nn.Linear(width, NUM_POSES * POSE_DIM))
+        # trajectory head: an EgoStatusMLP-like ego path plus a context path over the teacher's embeddings
+        # (pooled visual + generated actions), each token normalised and squeezed to ``token_dim``, with dropout:
+        # without it the head leans on tokens that are sharper on train scenes than on new ones
+        t = cfg.trajectory
+        self.traj_ego = nn.Sequential(nn.Linear(EGO_DIM, t.hidden), nn.ReLU(), nn.Linear(t.hidden, t.hidden), nn.ReLU())
+        self.traj_norm = nn.LayerNorm(hidden)
+        self.traj_proj = nn.Linear(hidden, t.token_dim)
+        self.traj_ctx = nn.Sequential(nn.Dropout(t.dropout), nn.Linear((b.pooled_visual_tokens + num_positions)
+                                                                       * t.token_dim, t.hidden),
+                                      nn.ReLU(), nn.Dropout(t.dropout))
+        self.traj_out = nn.Sequential(nn.Linear(2 * t.hidden, t.hidden), nn.ReLU(),
+                                      nn.Linear(t.hidden, NUM_POSES * POSE_DIM))
         self.register_buffer("ego_mean", torch.zeros(EGO_DIM))
         self.register_buffer("ego_std", torch.ones(EGO_DIM))
         self._apply_training_switches(b)
+
+    @torch.no_grad()
+    def reset_head(self, seed: int) -> None:
+        """Fresh weights for the pooling and the trajectory head (the head phase never inherits a previous fit:
+        a pooler shaped by another head made the new one overfit, val ADE 0.66 m instead of 0.59 m)."""
+        torch.manual_seed(seed)
+        self.pool_queries.copy_(torch.randn_like(self.pool_queries) * 0.02)
+        self.pool_attn._reset_parameters()
+        for module in (self.traj_ego, self.traj_norm, self.traj_proj, self.traj_ctx, self.traj_out):
+            for layer in module.modules():
+                if isinstance(layer, (nn.Linear, nn.LayerNorm)):
+                    layer.reset_parameters()
 
     # --- set-up -------------------------------------------------------------------------------------------
     @property
@@ -345,8 +364,9 @@ class LatentVLATeacher(nn.Module):
 
     def trajectory(self, embeddings: Tensor, ego_status: Tensor) -> Tensor:
         """Embeddings (B, P + N, D) + ego status (B, 8) -> (B, 8, 3) poses (the teacher as a planner)."""
-        ego = (ego_status.float() - self.ego_mean) / self.ego_std
-        raw = self.traj_head(torch.cat([embeddings.flatten(1).float(), ego], dim=-1))
+        ego = self.traj_ego((ego_status.float() - self.ego_mean) / self.ego_std)
+        ctx = self.traj_ctx(self.traj_proj(self.traj_norm(embeddings.float())).flatten(1))
+        raw = self.traj_out(torch.cat([ego, ctx], dim=-1))
         return bounded_poses(raw.view(len(raw), NUM_POSES, POSE_DIM))
 
     def encode(self, features: dict[str, Tensor]) -> dict[str, Tensor]:

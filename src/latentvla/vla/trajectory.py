@@ -8,7 +8,6 @@ the lowest val ADE is kept (Lightning, like every other training loop).
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +17,17 @@ from latentvla.planner.modeling import trajectory_l1
 from latentvla.planner.train import displacement_errors, normalization_stats
 from latentvla.vla.data import SplitArrays
 
-HEAD_PARAMS = ("pool_queries", "pool_attn.", "traj_head.")
+HEAD_PARAMS = ("pool_queries", "pool_attn.", "traj_")
 
 
 def head_inputs(model, arrays: SplitArrays, batch_size: int = 64) -> dict[str, torch.Tensor]:
-    visual, actions = [], []
+    parts: dict[str, list[torch.Tensor]] = {"visual": [], "actions": [], "probs": []}
     for i in range(0, len(arrays), batch_size):
         feats = {k: torch.from_numpy(np.asarray(v[i:i + batch_size])) for k, v in arrays.features.items()}
         h = model.hidden_states(feats)
-        visual.append(h["visual"])
-        actions.append(h["actions"])
-    return {"visual": torch.cat(visual), "actions": torch.cat(actions),
+        for k, v in parts.items():
+            v.append(h[k])
+    return {**{k: torch.cat(v) for k, v in parts.items()},
             "ego_status": torch.from_numpy(np.asarray(arrays.features["ego_status"], dtype=np.float32)),
             "trajectory": torch.from_numpy(np.asarray(arrays.trajectory, dtype=np.float32))}
 
@@ -78,6 +77,7 @@ def train_head(model, vla_cfg, train: SplitArrays, val: SplitArrays, ckpt_dir: P
     import lightning as L
 
     cfg = vla_cfg.trajectory
+    model.reset_head(vla_cfg.seed)
     stats = normalization_stats(train.features["ego_status"])
     model.ego_mean.copy_(torch.from_numpy(stats["ego_mean"]))
     model.ego_std.copy_(torch.from_numpy(stats["ego_std"]))
@@ -98,7 +98,7 @@ def train_head(model, vla_cfg, train: SplitArrays, val: SplitArrays, ckpt_dir: P
                         enable_progress_bar=not quiet, enable_model_summary=False, default_root_dir=str(ckpt_dir),
                         num_sanity_val_steps=0, callbacks=[best])
     module = _module(model, cfg)
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # the frozen VLM, on purpose
+    model.train()  # Lightning keeps each module's mode: the head's dropout must be on while it trains
     trainer.fit(module, loader, val_loader)
     if best.best_model_path:
         module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
