@@ -126,3 +126,24 @@ def test_teacher_is_a_scoreable_agent(vla, tiny_world, tiny_store, cache_dir):
     single = [agent.compute_trajectory(tiny_store.load_agent_input(t)).poses for t in tokens]
     batch = agent.compute_trajectories([tiny_store.load_agent_input(t) for t in tokens])
     np.testing.assert_allclose(np.stack([b.poses for b in batch]), np.stack(single), atol=1e-4)
+
+
+def test_teacher_outputs_are_cached_per_run_and_dataset(vla, tiny_world, tmp_path):
+    from latentvla.planner.cache import PlannerCache
+    from latentvla.vla.checkpoint import load_teacher
+    from latentvla.vla.encode_cache import cache_file, teacher_outputs
+
+    out = teacher_outputs(vla["run"], tiny_world, "test", cache_root=tmp_path, planner_cache_root=vla["cache"],
+                          batch_size=4)
+    path = cache_file(vla["run"], tiny_world, "test", tmp_path)
+    assert path.is_file() and out["embeddings"].dtype == np.float16 and out["codes"].dtype == np.int16
+    model, cfg = load_teacher(vla["run"])
+    cache = PlannerCache.open(tiny_world, cfg.features, cache_root=vla["cache"], quiet=True)
+    assert list(out["tokens"]) == cache.tokens("test")
+    feats = cache.features(cache.tokens("test"))
+    enc = model.encode({k: torch.from_numpy(feats[k]) for k in ("ego_status", "camera_s32")})
+    np.testing.assert_array_equal(out["codes"], enc["codes"].numpy())
+    np.testing.assert_allclose(out["embeddings"].astype(np.float32), enc["embeddings"].detach().numpy(), rtol=2e-3, atol=2e-3)
+    before = path.stat().st_mtime_ns
+    again = teacher_outputs(vla["run"], tiny_world, "test", cache_root=tmp_path, planner_cache_root=vla["cache"])
+    assert path.stat().st_mtime_ns == before and np.array_equal(again["probs"], out["probs"])
