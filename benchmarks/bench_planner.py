@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from latentvla.planner.configuration import PlannerConfig
 from latentvla.planner.features import FEATURE_DTYPES, LITE0, feature_shapes, lite0_backbone
 from latentvla.planner.modeling import build_model
 from latentvla.planner.train import MODEL_FILE
+from latentvla.runtime.timing import interleaved_ms
 from latentvla.schema import AgentInput, Camera, EgoStatus, Lidar, command_one_hot
 from latentvla.world.sensors import SensorConfig
 
@@ -72,21 +72,6 @@ def synthetic_input(cfg: PlannerConfig, rng: np.random.Generator) -> AgentInput:
     return AgentInput(ego_statuses=statuses, cameras=[{}, {}, {}, cams], lidars=[None, None, None,
                                                                                  Lidar(pts.astype(np.float32))],
                       token="bench")
-
-
-def interleaved_ms(fns: list, repeats: int, warmup: int) -> list[np.ndarray]:
-    """Per-call wall times (ms) of every function, timed round-robin (one call of each per round) so that a
-    background load drifting during the run shifts all hosts alike and their ratios stay fair."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    out = np.empty((len(fns), repeats))
-    for i in range(repeats):
-        for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            out[k, i] = (time.perf_counter() - t0) * 1e3
-    return list(out)
 
 
 def lite0_parameters(cfg: PlannerConfig) -> int:

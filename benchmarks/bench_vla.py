@@ -42,6 +42,7 @@ import torch
 
 from latentvla.config import PROFILES, resolve
 from latentvla.planner.features import FEATURE_DTYPES, feature_shapes
+from latentvla.runtime.timing import interleaved_ms
 from latentvla.schema import command_one_hot
 from latentvla.vla.configuration import VLAConfig, camera_key
 from latentvla.vla.modeling import ADAPTERS, NO_SPECIAL_IDS, LatentVLATeacher, Qwen25VLAdapter
@@ -114,21 +115,6 @@ def build_teacher(cfg: VLAConfig) -> tuple[LatentVLATeacher, object]:
     torch.manual_seed(cfg.seed)
     grid = feature_shapes(cfg.features)[camera_key(cfg)][-2:]
     return LatentVLATeacher(cfg, tok, vocab, NUM_POSITIONS, grid).eval(), tok
-
-
-def interleaved_ms(fns: list, repeats: int, warmup: int) -> list[np.ndarray]:
-    """Per-call wall times (ms) of every function, timed round-robin (one call of each per round) so that a
-    background load drifting during the run shifts all of them alike and their ratios stay fair."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    out = np.empty((len(fns), repeats))
-    for i in range(repeats):
-        for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            out[k, i] = (time.perf_counter() - t0) * 1e3
-    return list(out)
 
 
 def n_params(module: torch.nn.Module) -> int:

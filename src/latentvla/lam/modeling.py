@@ -25,7 +25,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
@@ -601,10 +600,9 @@ class LatentActionModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> LatentActionModel:
         """Rebuild a model written by ``save`` (in eval mode, at its saved stage)."""
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={meta.get('format')!r})")
+        from latentvla.runtime.io import weights_metadata
+
+        meta = weights_metadata(path, FORMAT, "train the latent action model: `latentvla lam train`")
         cfg = model_config_from_dict(json.loads(meta["config"]))
         model = cls(cfg, int(meta["feat_dim"]), int(meta["tokens"]))
         model.load_state_dict(load_file(str(path), device=str(device)))

@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from latentvla.config import from_dict, to_dict
 from latentvla.planner.configuration import PlannerConfig
-from latentvla.runtime.io import atomic_write_bytes
+from latentvla.runtime.io import atomic_write_bytes, weights_metadata
 
 FORMAT = "latentvla.planner/1"
 
@@ -28,13 +27,7 @@ def save_planner(model: torch.nn.Module, cfg: PlannerConfig, path: str | Path) -
 
 
 def read_config(path: str | Path) -> PlannerConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"planner weights {path} not found (train with `latentvla planner train`)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={meta.get('format')!r})")
+    meta = weights_metadata(path, FORMAT, "planner weights: train with `latentvla planner train`")
     return from_dict(PlannerConfig, json.loads(meta["config"]))
 
 

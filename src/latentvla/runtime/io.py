@@ -137,3 +137,18 @@ def check_cache_meta(path: Path, meta: Mapping[str, Any], fields: Iterable[str],
         if old.get(field) != meta[field]:
             raise ValueError(f"{what} {path} was built with {field}={old.get(field)!r}, not {meta[field]!r} "
                              f"(changed config, weights or cache format); delete {path} to rebuild it")
+
+
+def weights_metadata(path: str | Path, fmt: str, missing_hint: str) -> dict[str, str]:
+    """The metadata of a safetensors weights file written in format ``fmt``; a missing file raises
+    FileNotFoundError with ``missing_hint`` (what to run), another format a ValueError naming both."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found ({missing_hint})")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != fmt:
+        raise ValueError(f"{path} is not a {fmt} checkpoint (format={meta.get('format')!r})")
+    return meta

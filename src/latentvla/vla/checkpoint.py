@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from latentvla.config import from_dict, to_dict
-from latentvla.runtime.io import atomic_write_bytes
+from latentvla.runtime.io import atomic_write_bytes, weights_metadata
 from latentvla.vla.configuration import VLAConfig
 
 FORMAT = "latentvla.vla/1"
@@ -31,14 +30,7 @@ def save_teacher(model, run: str | Path) -> None:
 
 
 def read_meta(run: str | Path) -> dict:
-    path = Path(run) / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: train the teacher first (`latentvla vla train --out {run}`)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={meta.get('format')!r})")
-    return meta
+    return weights_metadata(Path(run) / MODEL_FILE, FORMAT, f"train the teacher first: `latentvla vla train --out {run}`")
 
 
 def load_tokenizer(run: str | Path):

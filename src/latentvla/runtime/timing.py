@@ -1,0 +1,23 @@
+"""Wall-clock timing for the scripts in benchmarks/ (never for tests: the machines are noisy)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def interleaved_ms(fns: list[Callable[[], object]], repeats: int, warmup: int) -> list[np.ndarray]:
+    """Per-call wall times (ms) of every function, timed round-robin (one call of each per round) so that a
+    background load drifting during the run shifts all of them alike and their ratios stay fair."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    out = np.empty((len(fns), repeats))
+    for i in range(repeats):
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            out[k, i] = (time.perf_counter() - t0) * 1e3
+    return list(out)
