@@ -57,8 +57,9 @@ def agent_plans(agent: Agent, store: SceneStore, entries: list[SceneInputs]) -> 
     becomes that scene's exception (a failing batch is retried scene by scene), never the run's."""
     out: dict[str, np.ndarray | Exception] = {}
     batched = hasattr(agent, "compute_trajectories") and not agent.requires_scene
-    for i in range(0, len(entries), AGENT_BATCH if batched else 1):
-        chunk = entries[i:i + AGENT_BATCH] if batched else entries[i:i + 1]
+    step = AGENT_BATCH if batched else 1
+    for i in range(0, len(entries), step):
+        chunk = entries[i:i + step]
         if batched:
             try:
                 inputs = [_agent_input(agent, store, e) for e in chunk]

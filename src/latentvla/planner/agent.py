@@ -18,8 +18,8 @@ from latentvla.schema import AgentInput, Trajectory
 
 class FeatureAgent(Agent):
     """An agent whose network reads planner features: built live from the ``AgentInput`` (``FeatureBuilder``) or
-    read from the planner cache (``use_cache``). Subclasses set ``cfg_features`` and ``device`` and implement
-    ``plan``; ``compute_trajectories`` plans many scenes in one batch (the scorer uses it when present)."""
+    read from the planner cache (``use_cache``). Subclasses call ``init_features`` and implement ``plan``;
+    ``compute_trajectories`` plans many scenes in one batch (the scorer uses it when present)."""
 
     requires_scene = False
     sensors = "current"

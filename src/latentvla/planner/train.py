@@ -21,6 +21,7 @@ import torch
 from latentvla.config import config_hash, dump_yaml
 from latentvla.planner.configuration import PlannerConfig
 from latentvla.runtime.io import read_json, write_json
+from latentvla.runtime.parallel import torch_threads
 from latentvla.runtime.provenance import provenance
 
 MODEL_FILE = "model.safetensors"
@@ -109,11 +110,8 @@ def train(data: str | Path, run: str | Path, cfg: PlannerConfig, resume: bool = 
           ) -> dict:
     """Train ``cfg.host`` into ``run`` (or reuse the finished run with the same config); returns metrics.json.
     torch's thread count is restored afterwards (callers in the same process, e.g. tests, keep theirs)."""
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads():
         return _train(Path(data), Path(run), cfg, resume, workers, quiet, cache_root, metric_cache_root)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int, quiet: bool,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any, TypeVar
 
@@ -41,6 +42,21 @@ def pin_threads() -> None:
 
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+
+
+@contextmanager
+def torch_threads(count: int | None = None) -> Iterator[None]:
+    """Run a block with ``count`` torch threads (None: unchanged) and restore the caller's count afterwards, so
+    a stage run in-process (tests, the demo) never leaves its thread setting behind."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        if count is not None:
+            torch.set_num_threads(count)
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def progress_bar(disable: bool = False) -> Progress:

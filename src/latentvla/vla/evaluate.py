@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from latentvla.runtime.io import read_json, write_json
+from latentvla.runtime.parallel import torch_threads
 from latentvla.vla.checkpoint import load_teacher
 from latentvla.vla.data import SplitArrays, load_labels, open_cache, split_arrays
 
@@ -73,9 +74,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", workers: in
     test, train_arrays = split_arrays(cache, labels, split, cfg), split_arrays(cache, labels, "train", cfg)
     if not len(test):
         raise ValueError(f"{data} has no scenes in the {split} split")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.train.num_threads)
-    try:
+    with torch_threads(cfg.train.num_threads):
         out = predict(model, test)
         scores = token_scores(out["codes"], test.codes, test.families)
         majority = majority_codes(train_arrays.codes, model.vocab.num_codes)
@@ -87,8 +86,6 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", workers: in
                   quiet=quiet, cache_root=cache_root, lam_cache_root=lam_cache_root)
             blind_model, _ = load_teacher(blind_run)
             blind_acc = float((predict(blind_model, test)["codes"] == test.codes).mean())
-    finally:
-        torch.set_num_threads(threads)
     result = {"token_accuracy": scores["token_accuracy"], "sequence_accuracy": scores["sequence_accuracy"],
               "top5_accuracy": float(out["top5"].mean()), "nll": float(out["nll"].mean()),
               "baseline_token_accuracy": float((test.codes == majority[None]).mean()),

@@ -307,10 +307,11 @@ class LatentVLATeacher(nn.Module):
         logits = self.vlm.lm_head(hidden[:, -n - 1:-1])
         return {"logits": logits, "hidden": hidden, "input_ids": batch["input_ids"]}
 
-    def hidden_of(self, input_ids: Tensor, mask: Tensor, camera: Tensor) -> Tensor:
-        """Last hidden states (B, L, D) of a left-padded sequence whose image placeholders take ``camera``."""
+    def hidden_of(self, input_ids: Tensor, mask: Tensor, camera: Tensor, cache=None) -> Tensor:
+        """Last hidden states (B, L, D) of a left-padded sequence whose image placeholders take ``camera``
+        (filling ``cache`` when given, for decoding after it)."""
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return self.run_lm(self.embed_inputs(input_ids, camera), mask, positions)
+        return self.run_lm(self.embed_inputs(input_ids, camera), mask, positions, cache)
 
     def loss(self, logits: Tensor, actions: Tensor) -> Tensor:
         """Next-token NLL of the action tokens only (full vocabulary, as in LM fine-tuning)."""
@@ -329,15 +330,16 @@ class LatentVLATeacher(nn.Module):
 
         batch = self.inputs(features)
         mask = batch["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        hidden = self.run_lm(self.embed_inputs(batch["input_ids"], features[self.camera_key]), mask, positions, cache)
+        hidden = self.hidden_of(batch["input_ids"], mask, features[self.camera_key], cache)
         codes = []
-        last = positions[:, -1:]
+        last = mask.sum(-1, keepdim=True) - 1  # position of each row's last prompt token
         embed = self.vlm.get_input_embeddings()
-        for _ in range(self.num_positions):
+        for step in range(self.num_positions):
             code = self.action_logits(self.vlm.lm_head(hidden[:, -1])).argmax(-1)
             codes.append(code)
+            if step + 1 == self.num_positions:
+                break  # the last token's own hidden state is not needed here
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             last = last + 1
             hidden = self.run_lm(embed(self.action_ids[code])[:, None], mask, last, cache)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from latentvla.config import config_hash, dump_yaml
 from latentvla.runtime.io import read_json, write_json
-from latentvla.runtime.parallel import progress_bar
+from latentvla.runtime.parallel import progress_bar, torch_threads
 from latentvla.runtime.provenance import provenance
 from latentvla.vla.checkpoint import MODEL_FILE, load_teacher, save_teacher
 from latentvla.vla.configuration import VLAConfig, camera_key
@@ -75,16 +75,14 @@ def collate(items):
 
 
 def text_loss(model, camera: torch.Tensor, prompts: list[str], answers: list[str]):
-    """(mean NLL of the answer tokens, per-row all-tokens-correct flags, per-token hit count, token count)."""
+    """(mean NLL of the answer tokens, per-row flags: every answer token is the argmax)."""
     batch = model.processor.text_batch(prompts, answers)
     hidden = model.hidden_of(batch["input_ids"].to(camera.device), batch["attention_mask"].to(camera.device), camera)
     labels = batch["labels"][:, 1:].to(camera.device)
     logits = model.vlm.lm_head(hidden[:, :-1]).float()
     loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100)
-    valid = labels != -100
-    hit = (logits.argmax(-1) == labels) & valid
-    exact = (hit | ~valid).all(1)  # teacher-forced all-correct = greedy decoding reproduces the answer
-    return loss, exact, int(hit.sum()), int(valid.sum())
+    exact = ((logits.argmax(-1) == labels) | (labels == -100)).all(1)  # = greedy decoding reproduces the answer
+    return loss, exact
 
 
 def _module(model, cfg: VLAConfig):
@@ -97,13 +95,13 @@ def _module(model, cfg: VLAConfig):
 
         def training_step(self, batch, _):
             camera, prompts, answers, _tasks = batch
-            loss = text_loss(self.model, camera, prompts, answers)[0]
+            loss, _ = text_loss(self.model, camera, prompts, answers)
             self.log("pretrain/nll", loss.detach(), batch_size=len(prompts))
             return loss
 
         def validation_step(self, batch, _):
             camera, prompts, answers, _tasks = batch
-            loss, exact, _, _ = text_loss(self.model, camera, prompts, answers)
+            loss, exact = text_loss(self.model, camera, prompts, answers)
             self.log_dict({"val/nll": loss, "val/exact": exact.float().mean()}, batch_size=len(prompts),
                           on_epoch=True)
 
@@ -125,7 +123,7 @@ def answer_accuracy(model, camera: np.ndarray, rows: list[tuple[int, str, str, s
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         cam = torch.from_numpy(np.stack([camera[r[0]] for r in chunk]))
-        _, exact, _, _ = text_loss(model, cam, [r[2] for r in chunk], [r[3] for r in chunk])
+        _, exact = text_loss(model, cam, [r[2] for r in chunk], [r[3] for r in chunk])
         for r, e in zip(chunk, exact.tolist()):
             hits[r[1]].append(bool(e))
     return {t: float(np.mean(v)) for t, v in hits.items() if v}
@@ -134,11 +132,8 @@ def answer_accuracy(model, camera: np.ndarray, rows: list[tuple[int, str, str, s
 def pretrain(data: str | Path, run: str | Path, cfg: VLAConfig, workers: int = 1, quiet: bool = False,
              cache_root: str | Path | None = None) -> dict:
     """Pretrain into ``run`` (or reuse the finished run with the same config and data); returns metrics.json."""
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads():
         return _pretrain(Path(data), Path(run), cfg, workers, quiet, cache_root)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _pretrain(data: Path, run: Path, cfg: VLAConfig, workers: int, quiet: bool, cache_root) -> dict:

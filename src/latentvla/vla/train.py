@@ -22,6 +22,7 @@ import torch
 
 from latentvla.config import config_hash, dump_yaml
 from latentvla.runtime.io import read_json, write_json
+from latentvla.runtime.parallel import torch_threads
 from latentvla.runtime.provenance import provenance
 from latentvla.vla.checkpoint import MODEL_FILE, load_teacher, load_tokenizer, load_weights_into, save_teacher
 from latentvla.vla.configuration import VLAConfig, camera_key
@@ -104,12 +105,9 @@ def train(data: str | Path, run: str | Path, cfg: VLAConfig, labels_run: str | P
           lam_cache_root: str | Path | None = None) -> dict:
     """Train into ``run`` (or reuse the finished run with the same config, labels and init); returns metrics.json.
     torch's thread count is restored afterwards."""
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads():
         return _train(Path(data), Path(run), cfg, Path(labels_run), init, resume, workers, quiet, cache_root,
                       lam_cache_root)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(data: Path, run: Path, cfg: VLAConfig, labels_run: Path, init: str | Path | None, resume: bool,
