@@ -87,3 +87,22 @@ def lam_run(runner, tiny_world, tmp_path_factory):
 def planner_cache_root(tmp_path_factory):
     """One planner-cache root for the session: the planner hosts and the VLA teacher (quick features) share it."""
     return tmp_path_factory.mktemp("planner_cache")
+
+
+@pytest.fixture(scope="session")
+def teacher_run(tiny_world, lam_run, runner, tmp_path_factory, planner_cache_root):
+    """A quick VLA teacher trained on a private copy of the LAM run (so a test may delete its label store);
+    shared by the teacher tests and the fusion / distillation tests."""
+    import shutil
+
+    from latentvla.cli import app
+
+    root = tmp_path_factory.mktemp("vla")
+    lam = root / "lam"
+    shutil.copytree(lam_run[0], lam)
+    run = root / "teacher"
+    args = ["vla", "train", "--data", str(tiny_world), "--labels", str(lam), "--out", str(run), "--profile", "quick",
+            "--workers", "1", "--quiet", "--cache-dir", str(planner_cache_root), "--lam-cache-dir", str(lam_run[1])]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return {"root": root, "lam": lam, "run": run, "args": args, "cache": planner_cache_root}

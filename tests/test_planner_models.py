@@ -1,5 +1,5 @@
 """Planner host networks: shapes, losses, gradients, overfitting, Hungarian matching, iPad proposals, fusion
-context hook and checkpoint round trips. Small configs (32x32 BEV, small images) keep the file to seconds."""
+and checkpoint round trips. Small configs (32x32 BEV, small images) keep the file to seconds."""
 
 from __future__ import annotations
 
@@ -269,33 +269,6 @@ def test_sampling_matrix_points_along_the_trajectory() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Fusion hook, checkpoints, normalisation
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("host", ["transfuser", "ipad"])
-def test_context_tokens(host: str) -> None:
-    cfg, model = built(host)
-    model.eval()
-    feats, _ = make_batch(cfg)
-    with torch.no_grad():
-        plain = model(feats)
-        none = model(feats, context=None)
-        ctx = model(feats, context=torch.randn(2, 5, cfg.transfuser.dim) * 3)
-    for key in ("trajectory", "plan_features"):
-        assert torch.equal(plain[key], none[key])
-    assert not torch.allclose(plain["plan_features"], ctx["plan_features"])
-    if host == "transfuser":
-        assert not torch.allclose(plain["trajectory"], ctx["trajectory"])
-    else:
-        assert not torch.allclose(plain["proposals"], ctx["proposals"], atol=0, rtol=0)
-    with pytest.raises(ValueError, match="context"):
-        model(feats, context=torch.randn(2, 5, cfg.transfuser.dim + 1))
-
-
-def test_ego_mlp_refuses_context() -> None:
-    cfg, model = built("ego-mlp")
-    feats, _ = make_batch(cfg)
-    with pytest.raises(ValueError, match="context"):
-        model(feats, context=torch.randn(2, 5, cfg.transfuser.dim))
 
 
 @pytest.mark.parametrize("host,camera", VARIANTS)

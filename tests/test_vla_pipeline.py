@@ -16,17 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def vla(tiny_world, lam_run, runner, tmp_path_factory, planner_cache_root):
-    """A quick teacher trained on a private copy of the LAM run (so a test may delete its label store)."""
-    root = tmp_path_factory.mktemp("vla")
-    lam = root / "lam"
-    shutil.copytree(lam_run[0], lam)
-    run = root / "teacher"
-    args = ["vla", "train", "--data", str(tiny_world), "--labels", str(lam), "--out", str(run), "--profile", "quick",
-            "--workers", "1", "--quiet", "--cache-dir", str(planner_cache_root), "--lam-cache-dir", str(lam_run[1])]
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return {"root": root, "lam": lam, "run": run, "args": args, "cache": planner_cache_root}
+def vla(teacher_run):
+    return teacher_run
 
 
 def test_train_writes_a_complete_run(vla, runner):

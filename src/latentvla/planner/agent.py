@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from latentvla.agents.base import Agent
+from latentvla.planner.fusion import TEACHER_KEY
 from latentvla.schema import AgentInput, Trajectory
 
 
@@ -80,17 +81,45 @@ class PlannerAgent(FeatureAgent):
         self.name = f"{self.cfg.host}:{self.run.name}"
         self.sensors = "none" if self.cfg.host == "ego-mlp" else "current"
         self.init_features(self.cfg.features, device)
+        self.teacher = None  # the full model's VLA teacher (its generation runs inside plan())
+        self.teacher_cache: dict[str, np.ndarray] | None = None
+        if self.cfg.fusion.enabled:
+            from latentvla.planner.sources import teacher_run_of
+            from latentvla.vla.agent import TeacherAgent
+
+            self.teacher = TeacherAgent(teacher_run_of(self.run), device, require_head=False)
 
     def use_cache(self, data: str | Path, split: str, cache_root: str | Path | None = None, workers: int = 1,
                   quiet: bool = True) -> None:
+        """Cached planner features and, for a full model, the teacher's cached outputs (same generation)."""
         if self.cfg.host == "ego-mlp":
             return  # nothing to gain: ego status only
         super().use_cache(data, split, cache_root, workers, quiet)
+        if self.teacher is not None:
+            from latentvla.vla.encode_cache import teacher_outputs
+
+            out = teacher_outputs(self.teacher.run, data, split, planner_cache_root=cache_root, workers=workers,
+                                  quiet=quiet)
+            self.teacher_cache = {str(t): e for t, e in zip(out["tokens"], out["embeddings"])}
 
     def features(self, agent_inputs: list[AgentInput]) -> dict[str, torch.Tensor]:
         if self.cache is None and self.cfg.host == "ego-mlp":  # ego status only: no sensors, no backbone
             return {"ego_status": torch.from_numpy(np.stack([self.builder.ego_status(a) for a in agent_inputs]))}
-        return super().features(agent_inputs)
+        feats = super().features(agent_inputs)
+        if self.teacher is not None:
+            feats[TEACHER_KEY] = self.teacher_embeddings(agent_inputs, feats)
+        return feats
+
+    def teacher_embeddings(self, agent_inputs: list[AgentInput], feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, D) from the teacher cache or the teacher's own generation on these inputs (never labels)."""
+        if self.teacher_cache is not None:
+            missing = [a.token for a in agent_inputs if a.token not in self.teacher_cache]
+            if missing:
+                raise KeyError(f"scene {missing[0]} is not in the teacher cache of {self.teacher.run}")
+            return torch.from_numpy(np.stack([self.teacher_cache[a.token] for a in agent_inputs])).to(self.device)
+        same = self.teacher.features_cfg == self.features_cfg
+        # stored precision (float16), so live and cached teacher inputs match what training saw
+        return self.teacher.encode(agent_inputs, feats if same else None)["embeddings"].to(torch.float16)
 
     @torch.no_grad()
     def plan(self, agent_inputs: list[AgentInput]) -> dict[str, np.ndarray]:

@@ -114,6 +114,47 @@ class EgoMLPConfig:
 
 
 @dataclass
+class FusionConfig:
+    """LatentVLA's "full" model: the teacher's pooled visual + generated-action embeddings become keys / values of
+    gated cross-attention from the host's planning queries (iPad: every proposal round; TransFuser: the decoded
+    trajectory query). The gates start at ``gate_init`` (0: tanh(0) = 0, so training starts from the host's own
+    behaviour). ``planner train --teacher VLA_RUN`` switches it on and fills ``context_*`` and ``teacher_key``
+    (the teacher's weights hash, so a retrained teacher never reuses a stale run)."""
+
+    enabled: bool = False
+    layers: int = 1  # gated cross-attention blocks per fusion point
+    gate_init: float = 0.0
+    context_dim: int = 0  # teacher embedding width D
+    context_tokens: int = 0  # pooled visual + action tokens per scene
+    teacher_key: str = ""
+
+
+LATENT_TARGETS = ("none", "teacher", "labels")
+
+
+@dataclass
+class DistillConfig:
+    """Extra training signals of the student (``--distill-from FULL_RUN``) and the ``ipad-aux`` control.
+
+    - ``latent_target``: a head decodes ``latent_positions`` x ``latent_codes`` latent-token logits from the
+      host's scene tokens; ``teacher``: KL from the teacher's per-position soft distributions (the paper's
+      distillation target), ``labels``: cross-entropy to the LAM's codes (the auxiliary-task control, no teacher).
+    - ``score_weight``: KL between the full model's and the student's proposal selection distributions (iPad).
+    - ``feature_weight``: MSE between a linear map of the student's planning features and the full model's fused
+      ones. Each weight 0 switches its term off; ``temperature`` softens both KL terms (scaled by T^2)."""
+
+    latent_target: str = "none"
+    latent_positions: int = 0
+    latent_codes: int = 0
+    latent_weight: float = 1.0
+    score_weight: float = 1.0
+    feature_weight: float = 1.0
+    temperature: float = 1.0
+    full_key: str = ""  # the full model's weights hash; "" = no full-model terms
+    source_key: str = ""  # the teacher's weights hash or the LAM labels' config hash behind latent_target
+
+
+@dataclass
 class PlannerTrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
@@ -133,10 +174,19 @@ class PlannerConfig:
     ipad: IPadConfig = field(default_factory=IPadConfig)
     ego_mlp: EgoMLPConfig = field(default_factory=EgoMLPConfig)
     train: PlannerTrainConfig = field(default_factory=PlannerTrainConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         if self.host not in HOSTS:
             raise ValueError(f"unknown host '{self.host}'; valid hosts: {list(HOSTS)}")
+        if self.distill.latent_target not in LATENT_TARGETS:
+            raise ValueError(f"distill.latent_target '{self.distill.latent_target}' invalid; valid: "
+                             f"{list(LATENT_TARGETS)}")
+        if self.host == "ego-mlp" and (self.fusion.enabled or self.distill.latent_target != "none"
+                                       or self.distill.full_key):
+            raise ValueError("the ego-mlp host has no scene tokens or planning queries: fusion and distillation "
+                             "need host transfuser or ipad")
         if self.features.camera.backbone not in ("efficientnet-lite0", "none"):
             raise ValueError(f"features.camera.backbone '{self.features.camera.backbone}' invalid; "
                              f"valid: ['efficientnet-lite0', 'none']")

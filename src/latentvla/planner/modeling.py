@@ -72,9 +72,7 @@ class PlannerModel(nn.Module):
         ego = check_shape("ego_status", features.get("ego_status"), (None, EGO_DIM)).float()
         return (ego - self.ego_mean) / self.ego_std
 
-    def forward(self, features: dict[str, Tensor], context: Tensor | None = None
-                ) -> dict[str, Tensor]:  # pragma: no cover - abstract
-        """``context``: optional (B, T, dim) extra key/value tokens for the host's query attention (fusion)."""
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def compute_loss(self, features: dict[str, Tensor], targets: dict[str, Tensor],

@@ -37,10 +37,7 @@ class EgoMLPModel(PlannerModel):
         layers.append(nn.Linear(width, NUM_POSES * POSE_DIM))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, features: dict[str, Tensor], context: Tensor | None = None) -> dict[str, Tensor]:
-        """``context`` exists for the common signature only: this host has no attention to inject it into."""
-        if context is not None:
-            raise ValueError("the ego-mlp host takes no context tokens")
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         ego = self.normalized_ego(features)
         return {"trajectory": bounded_poses(self.mlp(ego).view(-1, NUM_POSES, POSE_DIM))}
 

@@ -6,7 +6,8 @@ passed to ``build_model``; a fixed fan of constant-speed arcs otherwise). Each o
 1. re-embeds the current proposal poses and samples the fused BEV map at ``points_per_proposal`` points along
    the proposal (``F.grid_sample``: proposal-centric, deformable-attention style, the offsets being the
    proposal itself);
-2. cross-attends to the fused camera tokens (plus optional ``context`` tokens, e.g. a teacher's);
+2. cross-attends to the fused camera tokens, then (the "full" model, ``cfg.fusion.enabled``) to the VLA teacher's
+   embeddings through gated cross-attention (``planner/fusion.py``);
 3. self-attends among proposals (they compete and coordinate);
 4. predicts a residual offset to every pose, so the proposal is refined iteratively.
 
@@ -26,6 +27,7 @@ are TransFuser's, decoded from the same trunk.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 
 from latentvla.planner.backbones import Attention, PerceptionTrunk, mlp
 from latentvla.planner.configuration import PROPOSAL_SCORE_COLUMNS, PlannerConfig
+from latentvla.planner.fusion import DistillHeads, distill_losses
 from latentvla.planner.modeling import EGO_DIM, NUM_POSES, POSE_DIM, PlannerModel, check_shape, ego_encoder
 from latentvla.planner.modeling_transfuser import AgentHead, BEVSemanticHead, QueryDecoder, aux_losses
 
@@ -105,11 +108,13 @@ class ProposalLayer(nn.Module):
         nn.init.normal_(self.offset[-1].weight, std=1e-3)  # start at the anchors, but let gradients flow
         nn.init.zeros_(self.offset[-1].bias)
 
-    def forward(self, q: Tensor, proposal: Tensor, pose_norm: Tensor, sampled: Tensor, memory: Tensor
-                ) -> tuple[Tensor, Tensor]:
+    def forward(self, q: Tensor, proposal: Tensor, pose_norm: Tensor, sampled: Tensor, memory: Tensor,
+                fuse: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
         b, n = q.shape[:2]
         q = q + self.pose_embed((proposal / pose_norm).flatten(2)) + self.sample_proj(sampled)
         q = q + self.cross_attn(self.ln_c(q), memory)
+        if fuse is not None:
+            q = fuse(q)
         q = q + self.self_attn(self.ln_s(q))
         q = q + self.mlp(self.ln_m(q))
         return q, proposal + self.offset(self.ln_o(q)).view(b, n, NUM_POSES, POSE_DIM)
@@ -163,6 +168,7 @@ class IPadModel(PlannerModel):
         self.ln_out = nn.LayerNorm(dim)
         self.score_head = nn.Linear(dim, len(PROPOSAL_SCORE_COLUMNS))
         self.imitation_head = nn.Linear(dim, 1, bias=False)  # a shared bias is a no-op under the softmax
+        self.extras = DistillHeads(cfg, fusion_points=ip.iterations)
 
     def sample_bev(self, bev_map: Tensor, proposal: Tensor) -> Tensor:
         """BEV features at points along each proposal: (B, C, H, W), (B, N, T, 3) -> (B, N, points * C).
@@ -173,8 +179,7 @@ class IPadModel(PlannerModel):
         s = F.grid_sample(bev_map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return s.permute(0, 2, 3, 1).flatten(2)  # (B, N, points * C)
 
-    def forward(self, features: dict[str, Tensor], context: Tensor | None = None) -> dict[str, Tensor]:
-        """``context``: optional (B, T, dim) extra key/value tokens for every round's cross-attention."""
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         ego_n = self.normalized_ego(features)
         b = ego_n.shape[0]
         ego = self.ego_embed(ego_n)[:, None]
@@ -184,26 +189,25 @@ class IPadModel(PlannerModel):
                                     torch.cat([trunk.bev_tokens, trunk.image_token, ego], dim=1))
         agent_states, agent_labels = self.agent_head(agents)
 
-        memory = trunk.image_tokens
-        if context is not None:
-            check_shape("context", context, (b, None, memory.shape[-1]))
-            memory = torch.cat([memory, context.to(memory.dtype)], dim=1)
-        memory = self.ln_mem(memory)
+        memory = self.ln_mem(trunk.image_tokens)
+        fusion = self.extras.fusion
+        context = fusion.context(features) if fusion is not None else None
         anchors = self.anchors.expand(b, -1, -1, -1)
         n = anchors.shape[1]
         q = self.query_init(torch.cat([(anchors / self.pose_norm).flatten(2), ego_n[:, None].expand(-1, n, -1)],
                                       dim=-1))
         proposal, per_iter = anchors, []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             ref = proposal.detach()
-            q, proposal = layer(q, ref, self.pose_norm, self.sample_bev(trunk.bev_map, ref), memory)
+            fuse = None if fusion is None else (lambda x, i=i: fusion.fuse(i, x, context))
+            q, proposal = layer(q, ref, self.pose_norm, self.sample_bev(trunk.bev_map, ref), memory, fuse)
             per_iter.append(proposal)
         q = self.ln_out(q)
         scores = self.score_head(q)
         imitation = self.imitation_head(q).squeeze(-1)
         combined = selection_score(scores.detach(), imitation.detach(), self.score_weights)
         selected = combined.argmax(-1)
-        return {
+        predictions = {
             "trajectory": proposal[torch.arange(b, device=proposal.device), selected],
             "proposals": proposal,
             "proposals_per_iter": torch.stack(per_iter, dim=1),
@@ -216,6 +220,8 @@ class IPadModel(PlannerModel):
             "agent_labels": agent_labels,
             "bev_semantic_map": self.bev_head(trunk.bev_map),
         }
+        self.extras.outputs(predictions, torch.cat([trunk.bev_tokens, trunk.image_tokens, ego], dim=1))
+        return predictions
 
     def winner(self, gt: Tensor) -> tuple[Tensor, Tensor]:
         """(ADE (B, N) in metres between every anchor and the expert trajectory, index of the closest anchor).
@@ -246,7 +252,9 @@ class IPadModel(PlannerModel):
         else:
             score = scores.new_zeros(())
         terms, aux = aux_losses(self.cfg, targets, predictions)
-        terms.update(refine=refine, imitation=imitation, score=score)
+        selection = selection_score(scores, predictions["proposal_imitation"], self.score_weights)
+        extra, extra_total = distill_losses(self.cfg, targets, predictions, selection)
+        terms.update(extra, refine=refine, imitation=imitation, score=score)
         terms["loss"] = (ip.refine_loss_weight * refine + ip.imitation_loss_weight * imitation
-                         + ip.score_loss_weight * score + aux)
+                         + ip.score_loss_weight * score + aux + extra_total)
         return terms

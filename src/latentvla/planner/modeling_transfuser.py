@@ -3,8 +3,9 @@
 The decoder reads the fused BEV tokens, one pooled camera token and one ego-status token. Its queries are one
 trajectory query (learned + ego embedding) and ``max_agents`` agent queries; heads turn them into the trajectory
 and agent boxes, and a small conv head turns the fused BEV map into the BEV semantic map. The decoded trajectory
-query is exposed as ``plan_features`` (B, 1, dim), and ``forward(..., context=...)`` appends extra key/value
-tokens (e.g. a teacher's embeddings) to the decoder memory, so fusion work can reuse the host unchanged.
+query is exposed as ``plan_features`` (B, 1, dim). With ``cfg.fusion.enabled`` (the "full" model) the decoded
+trajectory query then reads the teacher's embeddings through gated cross-attention (``planner/fusion.py``); the
+student's distillation heads read the scene tokens.
 
 The query decoder, agent head and BEV head are reused by the iPad host.
 """
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from latentvla.planner.backbones import DecoderBlock, PerceptionTrunk
 from latentvla.planner.configuration import AGENT_STATE_COLUMNS, BEV_CLASSES, PlannerConfig
+from latentvla.planner.fusion import DistillHeads, distill_losses
 from latentvla.planner.modeling import (
     NUM_POSES,
     POSE_DIM,
@@ -26,14 +28,13 @@ from latentvla.planner.modeling import (
     agent_loss,
     bev_semantic_loss,
     bounded_poses,
-    check_shape,
     ego_encoder,
     trajectory_l1,
 )
 
 
 class QueryDecoder(nn.Module):
-    """Transformer decoder: queries attend to ``memory`` (+ optional ``context`` tokens appended to it)."""
+    """Transformer decoder: queries attend to ``memory`` tokens."""
 
     def __init__(self, dim: int, heads: int, layers: int, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
@@ -42,10 +43,7 @@ class QueryDecoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(dim, heads, mlp_ratio, dropout) for _ in range(layers))
         self.ln_out = nn.LayerNorm(dim)
 
-    def forward(self, queries: Tensor, memory: Tensor, context: Tensor | None = None) -> Tensor:
-        if context is not None:
-            check_shape("context", context, (memory.shape[0], None, self.dim))
-            memory = torch.cat([memory, context.to(memory.dtype)], dim=1)
+    def forward(self, queries: Tensor, memory: Tensor) -> Tensor:
         memory = self.ln_mem(memory)
         x = queries
         for block in self.blocks:
@@ -127,24 +125,29 @@ class TransFuserModel(PlannerModel):
         self.agent_head = AgentHead(dim, cfg.features.lidar.range_m, tf.mlp_ratio)
         self.bev_head = BEVSemanticHead(self.trunk.bev_channels, self.trunk.bev_size,
                                         cfg.features.targets.bev_pixels)
+        self.extras = DistillHeads(cfg, fusion_points=1)
 
-    def forward(self, features: dict[str, Tensor], context: Tensor | None = None) -> dict[str, Tensor]:
-        """``context``: optional (B, T, dim) extra memory tokens for the query decoder (None: the plain host)."""
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         ego = self.ego_embed(self.normalized_ego(features))[:, None]  # (B, 1, dim)
         trunk = self.trunk(features)
         b = ego.shape[0]
         memory = torch.cat([trunk.bev_tokens, trunk.image_token, ego], dim=1)
         queries = torch.cat([self.traj_query + ego, self.agent_queries.expand(b, -1, -1)], dim=1)
-        out = self.decoder(queries, memory, context)
+        out = self.decoder(queries, memory)
         plan = out[:, :1]
+        fusion = self.extras.fusion
+        if fusion is not None:
+            plan = fusion.fuse(0, plan, fusion.context(features))
         agent_states, agent_labels = self.agent_head(out[:, 1:])
-        return {
+        predictions = {
             "trajectory": bounded_poses(self.traj_head(torch.cat([plan, ego], -1)).view(b, NUM_POSES, POSE_DIM)),
             "agent_states": agent_states,
             "agent_labels": agent_labels,
             "bev_semantic_map": self.bev_head(trunk.bev_map),
             "plan_features": plan,
         }
+        self.extras.outputs(predictions, torch.cat([trunk.bev_tokens, trunk.image_tokens, ego], dim=1))
+        return predictions
 
     def compute_loss(self, features: dict[str, Tensor], targets: dict[str, Tensor],
                      predictions: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -152,6 +155,7 @@ class TransFuserModel(PlannerModel):
         weighted total ``loss`` = 10 traj + agent (10 cls + 1 box) + bev, with the weights from the config."""
         terms, aux = aux_losses(self.cfg, targets, predictions)
         traj = trajectory_l1(predictions["trajectory"], targets["trajectory"])
-        terms["trajectory"] = traj
-        terms["loss"] = self.cfg.transfuser.trajectory_loss_weight * traj + aux
+        extra, extra_total = distill_losses(self.cfg, targets, predictions)
+        terms.update(extra, trajectory=traj)
+        terms["loss"] = self.cfg.transfuser.trajectory_loss_weight * traj + aux + extra_total
         return terms

@@ -20,6 +20,7 @@ import torch
 
 from latentvla.config import config_hash, dump_yaml
 from latentvla.planner.configuration import PlannerConfig
+from latentvla.planner.sources import Sources, add_inputs, configure, relative_sources
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.parallel import torch_threads
 from latentvla.runtime.provenance import provenance
@@ -106,22 +107,27 @@ def prepare_targets(data: Path, cfg: PlannerConfig, tokens: list[str], targets: 
 
 
 def train(data: str | Path, run: str | Path, cfg: PlannerConfig, resume: bool = False, workers: int = 1,
-          quiet: bool = False, cache_root: str | Path | None = None, metric_cache_root: str | Path | None = None
-          ) -> dict:
+          quiet: bool = False, cache_root: str | Path | None = None, metric_cache_root: str | Path | None = None,
+          sources: Sources | None = None) -> dict:
     """Train ``cfg.host`` into ``run`` (or reuse the finished run with the same config); returns metrics.json.
+    ``sources``: the teacher (full model), full model (student) or LAM labels (aux control) behind the run.
     torch's thread count is restored afterwards (callers in the same process, e.g. tests, keep theirs)."""
     with torch_threads():
-        return _train(Path(data), Path(run), cfg, resume, workers, quiet, cache_root, metric_cache_root)
+        return _train(Path(data), Path(run), cfg, resume, workers, quiet, cache_root, metric_cache_root,
+                      sources or Sources())
 
 
 def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int, quiet: bool,
-           cache_root: str | Path | None, metric_cache_root: str | Path | None) -> dict:
+           cache_root: str | Path | None, metric_cache_root: str | Path | None, sources: Sources) -> dict:
     import lightning as L
 
     from latentvla.planner.cache import PlannerCache
     from latentvla.planner.checkpoint import load_planner, save_planner
     from latentvla.planner.modeling import build_model
 
+    torch.set_num_threads(1)  # caching: one thread per process (spinning threads crawl on a busy 2-core box)
+    source_kw = {"planner_cache_root": cache_root, "workers": workers, "quiet": quiet}
+    cfg = configure(cfg, sources, data, **source_kw)
     digest = config_hash(cfg)
     if (run / "run.json").is_file() and read_json(run / "run.json").get("config_hash") != digest:
         raise ValueError(f"{run} holds a planner run with another config; choose a new --out or the same "
@@ -131,9 +137,10 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
     run.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, run / "config.yaml")
     write_json(run / "run.json", {"stage": "planner", "host": cfg.host, "config_hash": digest,
-                                  "provenance": provenance({"manifest": data / "manifest.json"})}, indent=1)
+                                  **relative_sources(sources, run),
+                                  "provenance": provenance({"manifest": data / "manifest.json"},
+                                                           parents=sources.parents())}, indent=1)
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(1)  # caching: one thread per process (spinning threads crawl on a busy 2-core box)
     start = time.time()
     cache = PlannerCache.open(data, cfg.features, cache_root=cache_root, workers=workers, quiet=quiet,
                               splits=("train", "val"))
@@ -144,6 +151,8 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
     ftr, ttr = cache.load(train_tokens)
     fva, tva = cache.load(val_tokens)
     anchors = prepare_targets(data, cfg, train_tokens, ttr, metric_cache_root, workers, quiet)
+    add_inputs(cfg, sources, data, "train", train_tokens, ftr, ttr, True, **source_kw)
+    add_inputs(cfg, sources, data, "val", val_tokens, fva, tva, False, **source_kw)
     prep_s = time.time() - start
     torch.set_num_threads(cfg.train.num_threads)
     model = build_model(cfg, anchors)
@@ -186,5 +195,9 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
                "prepare_seconds": round(prep_s, 1), "train_seconds": round(train_s, 1),
                "parameters": int(sum(p.numel() for p in model.parameters())),
                "val_ade": float(ade), "val_fde": float(fde)}
+    metrics["trainable_parameters"] = model.num_parameters(trainable_only=True)
+    fusion = getattr(getattr(model, "extras", None), "fusion", None)
+    if fusion is not None:  # how far the gates opened: how much of the teacher the model uses
+        metrics["fusion_gates"] = [round(g, 4) for g in fusion.gates()]
     write_json(run / "metrics.json", metrics, indent=1)
     return metrics

@@ -17,18 +17,28 @@ from latentvla.vla.data import feature_keys
 
 
 class TeacherAgent(FeatureAgent):
-    def __init__(self, run: str | Path, device: str = "cpu"):
+    """``require_head=False``: a teacher used only for its embeddings (a full planner's, possibly untrained)."""
+
+    def __init__(self, run: str | Path, device: str = "cpu", require_head: bool = True):
         from latentvla.runtime.io import read_json
         from latentvla.vla.checkpoint import load_teacher, read_meta
 
         self.run = Path(run)
         read_meta(self.run)  # clear error if unfinished
-        if "val_ade" not in read_json(self.run / "metrics.json"):
+        if require_head and "val_ade" not in read_json(self.run / "metrics.json"):
             raise ValueError(f"{self.run}: the trajectory head was not trained yet (rerun `latentvla vla train ... "
                              f"--out {self.run} --resume`)")
         self.model, self.cfg = load_teacher(self.run, device)
         self.name = f"vla:{self.run.name}"
         self.init_features(self.cfg.features, device)
+
+    @torch.no_grad()
+    def encode(self, agent_inputs: list[AgentInput], feats: dict[str, torch.Tensor] | None = None
+               ) -> dict[str, torch.Tensor]:
+        """The teacher's encode() on these inputs; ``feats``: planner features already built with the same
+        feature config (the frozen backbone then runs once for planner and teacher)."""
+        feats = self.features(agent_inputs) if feats is None else feats
+        return self.model.encode({k: v for k, v in feats.items() if k in feature_keys(self.cfg)})
 
     @torch.no_grad()
     def plan(self, agent_inputs: list[AgentInput]) -> dict[str, np.ndarray]:
