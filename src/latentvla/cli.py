@@ -274,14 +274,23 @@ def planner_train(
     metric_cache_dir: Path | None = typer.Option(None, "--metric-cache-dir",
                                                  help="Metric cache root for iPad's anchor scores "
                                                       "(default DATA/metric_cache)."),
+    teacher: Path | None = typer.Option(None, "--teacher", help="VLA teacher run to fuse (the 'full' model): its "
+                                                                "generated-token embeddings feed the planning queries."),
+    distill_from: Path | None = typer.Option(None, "--distill-from",
+                                             help="Full (fused) planner run to distill into this student (no VLM at "
+                                                  "inference)."),
+    latent_labels: Path | None = typer.Option(None, "--latent-labels",
+                                              help="LAM run whose latent codes train an auxiliary head (control)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a planner host; the best val-ADE epoch becomes RUN/model.safetensors."""
+    from latentvla.planner.sources import Sources
     from latentvla.planner.train import train
 
     metrics = train(data, out, planner_config(host, profile, config, set_), resume=resume,
                     workers=workers or _default_workers(), quiet=quiet, cache_root=cache_dir,
-                    metric_cache_root=metric_cache_dir)
+                    metric_cache_root=metric_cache_dir,
+                    sources=Sources(teacher=teacher, distill_from=distill_from, latent_labels=latent_labels))
     console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
 
 
