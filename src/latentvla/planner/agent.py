@@ -110,6 +110,18 @@ class PlannerAgent(FeatureAgent):
             feats[TEACHER_KEY] = self.teacher_embeddings(agent_inputs, feats)
         return feats
 
+    @torch.no_grad()
+    def infer(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 8, 3) from prebuilt planner features; a full model runs its teacher here (generation included,
+        never the cache): what a latency benchmark must time."""
+        if self.teacher is not None:
+            same = self.teacher.features_cfg == self.features_cfg
+            if not same:
+                raise ValueError(f"{self.run}: the teacher reads other features than the planner; time plan() instead")
+            feats = {**feats, TEACHER_KEY: self.teacher.model.encode(
+                {k: v for k, v in feats.items() if k in self.teacher.feature_keys})["embeddings"].to(torch.float16)}
+        return self.model(feats)["trajectory"]
+
     def teacher_embeddings(self, agent_inputs: list[AgentInput], feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T, D) from the teacher cache or the teacher's own generation on these inputs (never labels)."""
         if self.teacher_cache is not None:

@@ -29,6 +29,7 @@ class TeacherAgent(FeatureAgent):
             raise ValueError(f"{self.run}: the trajectory head was not trained yet (rerun `latentvla vla train ... "
                              f"--out {self.run} --resume`)")
         self.model, self.cfg = load_teacher(self.run, device)
+        self.feature_keys = feature_keys(self.cfg)
         self.name = f"vla:{self.run.name}"
         self.init_features(self.cfg.features, device)
 
@@ -39,6 +40,12 @@ class TeacherAgent(FeatureAgent):
         feature config (the frozen backbone then runs once for planner and teacher)."""
         feats = self.features(agent_inputs) if feats is None else feats
         return self.model.encode({k: v for k, v in feats.items() if k in feature_keys(self.cfg)})
+
+    @torch.no_grad()
+    def infer(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 8, 3) from prebuilt features: token generation and the trajectory head (latency benchmarks)."""
+        feats = {k: v for k, v in feats.items() if k in self.feature_keys}
+        return self.model.trajectory(self.model.encode(feats)["embeddings"], feats["ego_status"])
 
     @torch.no_grad()
     def plan(self, agent_inputs: list[AgentInput]) -> dict[str, np.ndarray]:

@@ -199,3 +199,35 @@ def _head_phase(data: Path, run: Path, cfg: VLAConfig, labels, metrics: dict, wo
     save_teacher(model, run)
     write_json(run / "metrics.json", metrics, indent=1)
     return metrics
+
+
+def untrained_teacher(data: str | Path, run: str | Path, cfg: VLAConfig, labels_run: str | Path, workers: int = 1,
+                      quiet: bool = True, cache_root: str | Path | None = None,
+                      lam_cache_root: str | Path | None = None) -> dict:
+    """A teacher with the same architecture and vocabulary as a trained one but random weights (the
+    ``full-random-vlm`` control: does fusion gain from what the VLA learned, or from extra capacity alone?).
+    Written like a trained run (no trajectory head), reused when the config and labels match."""
+    data, run = Path(data), Path(run)
+    labels = load_labels(labels_run, data, cfg.actions.targets, workers=workers, quiet=quiet,
+                         cache_root=lam_cache_root)
+    digest = config_hash({"config": cfg, "labels": labels.lam_config_hash, "untrained": True})
+    if (run / "run.json").is_file() and read_json(run / "run.json").get("config_hash") != digest:
+        raise ValueError(f"{run} holds a teacher run with another config or labels; choose a new --out")
+    if (run / MODEL_FILE).is_file() and (run / "metrics.json").is_file():
+        return read_json(run / "metrics.json")
+    with torch_threads():
+        torch.set_num_threads(1)
+        cache = open_cache(data, cfg, ("train",), workers=workers, quiet=quiet, cache_root=cache_root)
+        grid = tuple(cache.features(cache.tokens("train")[:1])[camera_key(cfg)].shape[-2:])
+        model = build_teacher(cfg, labels.num_codes, labels.num_positions, grid).eval()
+    run.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, run / "config.yaml")
+    write_json(run / "run.json", {"stage": "vla", "config_hash": digest, "labels": str(labels_run),
+                                  "labels_config_hash": labels.lam_config_hash, "init": None, "untrained": True,
+                                  "provenance": provenance({"manifest": data / "manifest.json"},
+                                                           parents=[str(labels_run)])}, indent=1)
+    save_teacher(model, run)
+    metrics = {"untrained": True, "num_codes": labels.num_codes, "num_positions": labels.num_positions,
+               "parameters": int(sum(p.numel() for p in model.parameters()))}
+    write_json(run / "metrics.json", metrics, indent=1)
+    return metrics

@@ -1,0 +1,154 @@
+"""``latentvla experiment table``: train what is missing, score every row on the test split, write the table.
+
+Per (model, seed) the per-scene PDMS v1.1 and EPDMS v2 rows are kept in ``OUT/scores/<model>.seed<k>.json``
+(keyed by the run's weights hash, so a retrained run is re-scored) with NAVSIM-style CSVs beside them. Latency is
+the network's: batch 1 on precomputed sensor features of one test scene (the frozen image backbone, identical
+for every learned row, is not timed), warm-up then the median of ``repeats`` calls, all rows in one process
+with one torch thread setting; ``full`` and ``teacher`` include the teacher's token generation.
+Reference rows (``pdm-closed``, ``log-replay``) read privileged scene data, so they have no latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from latentvla.experiment.runs import MODELS, PLANNER_ROWS, REFERENCE_ROWS, TEACHER_ROWS, Plan, train_all
+from latentvla.experiment.stats import build_table, render_tables, write_table
+from latentvla.runtime.io import read_json, write_json
+from latentvla.runtime.parallel import torch_threads
+
+LATENCY_REPEATS = 50
+LATENCY_WARMUP = 5
+
+
+def weights_key(run: Path | None, name: str) -> str:
+    if run is None:
+        return name
+    h = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()[:16]
+    return f"{name}:{h}"
+
+
+def load_row_agent(model: str, run: Path | None):
+    from latentvla.agents import load_agent
+
+    return load_agent(model if run is None else str(run))
+
+
+def score_rows(plan: Plan, model: str, seed: int, run: Path | None, console: Console) -> dict[str, list[dict]]:
+    """{"pdms": rows, "epdms": rows} of one (model, seed) on the test split, reused when already scored."""
+    from latentvla.eval.runner import score_split, write_results
+
+    path = plan.out / "scores" / f"{model}.seed{seed}.json"
+    key = weights_key(run, model)
+    if path.is_file():
+        doc = read_json(path)
+        if doc.get("key") == key:
+            return {"pdms": doc["pdms"], "epdms": doc["epdms"]}
+    agent = load_row_agent(model, run)
+    if hasattr(agent, "use_cache"):
+        agent.use_cache(plan.data, "test", cache_root=plan.planner_cache_root, workers=plan.workers)
+    out: dict[str, list[dict]] = {}
+    for metric in ("pdms", "epdms"):
+        rows, summary = score_split(plan.data, agent, "test", metric=metric, workers=plan.workers,
+                                    cache_root=plan.metric_cache_root, quiet=plan.quiet)
+        write_results(rows, summary, path.with_name(f"{model}.seed{seed}.{metric}.csv"), metric)
+        out[metric] = [{k: _plain(v) for k, v in r.items()} for r in rows]
+    write_json(path, {"key": key, **out})
+    console.print(f"{model} (seed {seed}): PDMS {np.mean([r['pdms'] if r['valid'] else 0 for r in out['pdms']]):.4f}")
+    return out
+
+
+def _plain(v):
+    """JSON-safe scalar: numpy scalars to Python, NaN (a sub-score NAVSIM leaves undefined) to None."""
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def params_and_latency(plan: Plan, model: str, run: Path | None, token: str, threads: int) -> tuple[int, float | None]:
+    """(parameters used at inference, median batch-1 network latency in ms or None for reference rows)."""
+    from latentvla.planner.cache import PlannerCache
+
+    if model in REFERENCE_ROWS:
+        if model != "constant-velocity":
+            return 0, None
+        agent = load_row_agent(model, None)
+        from latentvla.data.store import SceneStore
+
+        inp = SceneStore(plan.data, verify_blobs=False).load_agent_input(token, sensors=False)
+        return 0, _median_ms(lambda: agent.compute_trajectory(inp), threads)
+    agent = load_row_agent(model, run)
+    params = sum(p.numel() for p in agent.model.parameters())
+    teacher = getattr(agent, "teacher", None)
+    if teacher is not None:
+        params += sum(p.numel() for p in teacher.model.parameters())
+    cache = PlannerCache.open(plan.data, agent.features_cfg, cache_root=plan.planner_cache_root,
+                              workers=plan.workers, quiet=True, splits=["test"])
+    feats = {k: torch.from_numpy(v) for k, v in cache.features([token]).items()}
+    return int(params), _median_ms(lambda: agent.infer(feats), threads)
+
+
+def _median_ms(fn, threads: int) -> float:
+    with torch_threads(threads):
+        for _ in range(LATENCY_WARMUP):
+            fn()
+        times = []
+        for _ in range(LATENCY_REPEATS):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def run_of(model: str, seed: int, runs: dict) -> Path | None:
+    if model in PLANNER_ROWS:
+        return runs["planner"][(model, seed)]
+    if model in TEACHER_ROWS:
+        return runs["teachers"][TEACHER_ROWS[model]]
+    return None
+
+
+def experiment_table(plan: Plan, models: tuple[str, ...] = MODELS, threads: int = 1,
+                     console: Console | None = None) -> dict:
+    """Train, score and tabulate; writes OUT/table.csv, OUT/table.json and prints both tables."""
+    from latentvla.data.store import SceneStore
+
+    console = console or Console(stderr=True)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model '{unknown[0]}'; valid: {list(MODELS)}")
+    store = SceneStore(plan.data, verify_blobs=False)
+    missing = [s for s in ("train", "val", "test") if not store.tokens(s)]
+    if missing:
+        raise ValueError(f"{plan.data} has no scenes in split(s) {missing}; the comparison needs train, val and test")
+    plan.out.mkdir(parents=True, exist_ok=True)
+    runs = train_all(plan, tuple(m for m in models if m in PLANNER_ROWS), console)
+    token = store.tokens("test")[0]
+    table_models: dict[str, dict] = {}
+    console.rule("[bold]scoring[/] (PDMS v1.1 and EPDMS v2 on split test) and latency")
+    for model in models:
+        seeds = range(plan.seeds) if model in PLANNER_ROWS else range(1)
+        scored = [score_rows(plan, model, s, run_of(model, s, runs), console) for s in seeds]
+        params, latency = params_and_latency(plan, model, run_of(model, 0, runs), token, threads)
+        table_models[model] = {"rows": [s["pdms"] for s in scored], "epdms_rows": [s["epdms"] for s in scored],
+                               "params": params, "latency_ms": latency}
+    table = build_table(table_models)
+    table["profile"], table["latency_threads"] = plan.profile, threads
+    write_table(table, plan.out)
+    main, families = render_tables(table)
+    console.print(main)
+    console.print(families)
+    write_json(plan.out / "runs.json", {"lam": str(runs["lam"]), "teachers": {k: str(v) for k, v in runs["teachers"].items()},
+                                        "planner": {f"{m}.seed{s}": str(p) for (m, s), p in runs["planner"].items()}},
+               indent=1)
+    return table

@@ -1,0 +1,100 @@
+"""`latentvla experiment table` end to end at the quick profile on the tiny world: every row trained (reusing the
+session's LAM and scratch teacher), scored, tabulated with the contract's exact CSV / JSON keys; a second call
+with two seeds reuses finished runs and scores."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from latentvla.cli import app
+from latentvla.experiment.runs import MODELS
+from latentvla.experiment.stats import CSV_COLUMNS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROW_KEYS = {"model", "nc", "dac", "ttc", "c", "ep", "pdms", "pdms_std", "epdms", "params", "latency_ms", "by_family"}
+PAIRS = {"full-ipad", "distilled-ipad", "full-distilled", "ipad-aux-ipad", "ipad-wide-ipad"}
+
+
+@pytest.fixture(scope="module")
+def table(tiny_world, runner, tmp_path_factory, lam_run, teacher_run, planner_cache_root, cache_dir):
+    out = tmp_path_factory.mktemp("experiment") / "out"
+    shutil.copytree(lam_run[0], out / "lam")  # same config and data: reused, as the scratch teacher is
+    shutil.copytree(teacher_run["run"], out / "vla" / "teacher-scratch")
+    args = ["experiment", "table", "--data", str(tiny_world), "--out", str(out), "--profile", "quick", "--workers",
+            "1", "--quiet", "--cache-dir", str(planner_cache_root), "--metric-cache-dir", str(cache_dir),
+            "--lam-cache-dir", str(lam_run[1])]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return {"out": out, "args": args, "output": res.output}
+
+
+def test_table_contract(table, tiny_store):
+    out = table["out"]
+    doc = json.loads((out / "table.json").read_text())
+    assert doc["metric"] == "pdms-v1.1" and doc["split"] == "test" and doc["seeds"] == 1
+    assert doc["scenes"] == len(tiny_store.tokens("test"))
+    assert [r["model"] for r in doc["rows"]] == list(MODELS)
+    families = {tiny_store.info(t)["family"] for t in tiny_store.tokens("test")}
+    for row in doc["rows"]:
+        assert set(row) == ROW_KEYS, row["model"]
+        assert 0.0 <= row["pdms"] <= 1.0 and set(row["by_family"]) == families
+    assert set(doc["paired"]) == PAIRS
+    for lo_mean_hi in doc["paired"].values():
+        mean, lo, hi = lo_mean_hi
+        assert lo <= mean <= hi
+    rows = {r["model"]: r for r in doc["rows"]}
+    assert rows["log-replay"]["pdms"] > rows["constant-velocity"]["pdms"] > 0.3  # the references make sense
+    assert rows["log-replay"]["latency_ms"] is None and rows["ipad"]["latency_ms"] > 0
+    # the full model carries its teacher (parameters and generation time); the student does not
+    assert rows["full"]["params"] > rows["ipad"]["params"] + rows["teacher"]["params"] * 0.9
+    assert rows["full"]["latency_ms"] > rows["distilled"]["latency_ms"]
+    full, distilled, ipad = (rows[m]["pdms"] for m in ("full", "distilled", "ipad"))
+    if abs(full - ipad) > 1e-9:
+        assert doc["recovery"] == pytest.approx((distilled - ipad) / (full - ipad))
+    with open(out / "table.csv") as f:
+        lines = list(csv.reader(f))
+    assert tuple(lines[0]) == CSV_COLUMNS and [r[0] for r in lines[1:]] == list(MODELS)
+    assert float(lines[1 + MODELS.index("ipad")][6]) == pytest.approx(rows["ipad"]["pdms"], abs=1e-6)
+    assert "recovery" in table["output"] and "PDMS by scene family" in table["output"]
+
+
+def test_control_rows_are_what_they_claim(table):
+    from latentvla.planner.checkpoint import read_config
+
+    planner = table["out"] / "planner"
+    wide, ipad, full = (read_config(planner / m / "model.safetensors") for m in ("ipad-wide", "ipad", "full"))
+    assert wide.transfuser.dim > ipad.transfuser.dim and not wide.fusion.enabled
+    n = {m: json.loads((planner / m / "metrics.json").read_text())["trainable_parameters"]
+         for m in ("ipad-wide", "full", "ipad")}
+    assert abs(n["ipad-wide"] - n["full"]) < abs(n["ipad"] - n["full"])  # capacity matched to the full model
+    rand = json.loads((planner / "full-random-vlm" / "run.json").read_text())
+    assert rand["teacher"].endswith("random") and full.fusion.enabled
+    assert read_config(planner / "ipad-aux" / "model.safetensors").distill.latent_target == "labels"
+
+
+def test_second_call_reuses_runs_and_adds_seeds(table, runner):
+    out = table["out"]
+    stamp = (out / "planner" / "ipad" / "model.safetensors").stat().st_mtime_ns
+    res = runner.invoke(app, [*table["args"], "--seeds", "2", "--models", "ipad,full,distilled"])
+    assert res.exit_code == 0, res.output
+    assert (out / "planner" / "ipad" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "planner" / "distilled.seed1" / "model.safetensors").is_file()
+    doc = json.loads((out / "table.json").read_text())
+    assert doc["seeds"] == 2 and [r["model"] for r in doc["rows"]] == ["ipad", "full", "distilled"]
+    assert all(np.isfinite(r["pdms_std"]) for r in doc["rows"])
+    assert set(doc["paired_missing"]) == {"ipad-aux-ipad", "ipad-wide-ipad"}
+
+
+def test_bad_arguments(runner, tiny_world, tmp_path):
+    res = runner.invoke(app, ["experiment", "table", "--data", str(tiny_world), "--out", str(tmp_path / "o"),
+                              "--models", "ipad,bogus"])
+    assert res.exit_code != 0 and "bogus" in res.output
+    res = runner.invoke(app, ["experiment", "table", "--data", str(tiny_world), "--out", str(tmp_path / "o"),
+                              "--set", "train.epochs=1"])
+    assert res.exit_code != 0 and "STAGE:KEY=VALUE" in res.output
