@@ -363,9 +363,6 @@ def main() -> None:  # console script entry point
     app()
 
 
-if __name__ == "__main__":
-    main()
-
 
 def vla_config(profile: str, config: Path | None, overrides: list[str] | None, backbone: str | None = None):
     from latentvla.config import resolve
@@ -452,3 +449,81 @@ def vla_eval(
                 Console().print(f"{k}.{f:22s} {a:.4f}")
         else:
             Console().print(f"{k:24s} {v:.4f}")
+
+
+# --- experiment: the paper's comparison ---------------------------------------------------------------------------
+experiment_app = typer.Typer(no_args_is_help=True, help="The LatentVLA comparison: hosts, teacher, full, distilled, "
+                                                         "controls.")
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("table")
+@_friendly
+def experiment_table_cmd(
+    data: Path = typer.Option(..., "--data", help="Dataset directory (train / val / test splits)."),
+    out: Path = typer.Option(..., "--out", help="Output directory: runs, scores, table.csv, table.json."),
+    profile: str = ProfileOpt,
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds of every planner-family row."),
+    models: str | None = typer.Option(None, "--models", help="Comma-separated subset of the rows (default all)."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per core)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads while timing latency (all rows)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Stage override STAGE:KEY=VALUE, e.g. "
+                                                              "planner:train.epochs=4 (stages lam, vla, planner)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
+    metric_cache_dir: Path | None = typer.Option(None, "--metric-cache-dir", help="Metric cache root."),
+    lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir", help="LAM feature cache root."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train what is missing (finished runs are reused), score on the test split, write OUT/table.csv/json."""
+    from latentvla.experiment.runs import MODELS, Plan
+    from latentvla.experiment.table import experiment_table
+
+    overrides: dict[str, list[str]] = {}
+    for item in set_ or []:
+        stage, sep, kv = item.partition(":")
+        if not sep or stage not in ("lam", "vla", "planner") or "=" not in kv:
+            raise ValueError(f"--set {item!r}: expected STAGE:KEY=VALUE with STAGE lam, vla or planner")
+        overrides.setdefault(stage, []).append(kv)
+    plan = Plan(data, out, profile, seeds, workers or _default_workers(), quiet, cache_dir, metric_cache_dir,
+                lam_cache_dir, overrides)
+    chosen = tuple(m.strip() for m in models.split(",")) if models else MODELS
+    table = experiment_table(plan, chosen, threads=threads, console=console)
+    console.print(f"[green]wrote[/] {out / 'table.csv'}, {out / 'table.json'} ({table['scenes']} test scenes, "
+                  f"{table['seeds']} seed(s))")
+
+
+# --- export: deployment formats of trained runs -----------------------------------------------------------------
+export_app = typer.Typer(no_args_is_help=True, help="Export trained runs for deployment (ONNX; needs "
+                                                     "pip install -e '.\\[export]').")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("onnx")
+@_friendly
+def export_onnx_cmd(
+    run: Path = typer.Option(..., "--run", help="Planner run directory (any host; the distilled student too)."),
+    out: Path = typer.Option(..., "--out", help="Output FILE.onnx (written atomically, only once verified)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    as_json: bool = typer.Option(False, "--json", help="Print the export summary as JSON on stdout."),
+) -> None:
+    """Export a planner run to ONNX (dynamic batch axis), verified against PyTorch on onnxruntime."""
+    if out.suffix != ".onnx":
+        raise ValueError(f"--out must end with .onnx, got {out}")
+    from latentvla.export.onnx import export_onnx
+
+    try:
+        summary = export_onnx(run, out, opset=opset)
+    except (ValueError, FileNotFoundError) as e:  # _friendly prints rich markup: keep "[export]" literal
+        from rich.markup import escape
+
+        raise type(e)(escape(str(e))) from None
+    if as_json:
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+        return
+    console.print(f"[green]wrote[/] {out} ({summary['host']}, {summary['bytes'] / 1e6:.2f} MB, opset "
+                  f"{summary['opset']}): inputs {summary['inputs']} -> outputs {summary['outputs']}; max |onnxruntime "
+                  f"- torch| on trajectory {summary['max_abs_diff']:.2e}", soft_wrap=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Deployment exports of trained runs (``latentvla export``)."""
