@@ -6,6 +6,7 @@ import json
 import shutil
 
 import cv2
+import pytest
 
 from latentvla.cli import app
 
@@ -95,6 +96,14 @@ def test_demo_quick(runner, tmp_path):
     for scores in summary["scores"].values():
         assert 0.0 <= scores["pdms-v1.1"] <= 1.0 and 0.0 <= scores["epdms-v2"] <= 1.0
     assert (out / "eval" / "log-replay.pdms.csv").is_file() and (out / "eval" / "pdm-closed.epdms.summary.json").is_file()
+    # stage 8 ends with the comparison table, built on the demo's own runs (the ipad host was reused, not retrained)
+    table = json.loads((out / "table.json").read_text())
+    assert summary["table"] == str(out / "table.json") and table["seeds"] == 1
+    from latentvla.experiment.runs import MODELS
+
+    assert [r["model"] for r in table["rows"]] == list(MODELS) and "full-ipad" in table["paired"]
+    ipad = next(r for r in table["rows"] if r["model"] == "ipad")
+    assert ipad["pdms"] == pytest.approx(summary["scores"]["ipad"]["pdms-v1.1"], abs=1e-9)
     # Running it again resumes (nothing regenerated or retrained) and succeeds.
     weights = [(out / p).stat().st_mtime_ns for p in ("planner/ipad/model.safetensors", "lam/model.safetensors",
                                                        "vla/teacher/model.safetensors")]

@@ -16,8 +16,7 @@ from latentvla.world.generate import generate
 GALLERY_PER_FAMILY = 2
 BASELINES = ("log-replay", "pdm-closed", "constant-velocity")
 DEMO_HOSTS = ("ego-mlp", "ipad")  # the shortcut baseline and the paper's host (transfuser: `planner train`)
-STAGES = 7
-PRETRAIN_WORLD = Path(__file__).parent / "configs" / "world" / "pretrain.yaml"
+STAGES = 8
 
 
 def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, workers: int = 1,
@@ -76,10 +75,18 @@ def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, worker
         scores["vla-teacher"] = teacher["scores"]
     else:
         console.print("[yellow]the world lacks a train, val or test split: latent actions and teacher skipped[/]")
+    table = None
+    console.rule(f"[bold]8/{STAGES} LatentVLA comparison[/] (hosts, teachers, full, distilled, controls; "
+                 f"`latentvla experiment table`)")
+    if teacher:
+        from latentvla.experiment.runs import Plan
+        from latentvla.experiment.table import experiment_table
+
+        table = experiment_table(Plan(world, out, profile, seeds=1, workers=workers), console=console)
     dump_yaml(cfg, out / "config.yaml")
     summary = {"world": str(world), "scenes": len(store), "stats": str(out / "world_stats.json"),
                "gallery": [str(p) for p in written], "scores": scores, "planners": planners, "lam": lam,
-               "teacher": teacher,
+               "teacher": teacher, "table": None if table is None else str(out / "table.json"),
                "provenance": provenance({"manifest": world / "manifest.json"})}
     write_json(out / "demo.json", summary, indent=1)
     console.print(f"[green]world[/]    {world}  ({len(store)} scenes; `latentvla data verify {world}`)")
@@ -91,6 +98,8 @@ def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, worker
     if teacher:
         console.print(f"[green]latents[/]  {out / 'lam'}/ (report: `latentvla lam report --run {out / 'lam'} --data {world}`)")
         console.print(f"[green]teacher[/]  {teacher['run']}/ (`latentvla vla eval --run {teacher['run']} --data {world}`)")
+    if table is not None:
+        console.print(f"[green]table[/]    {out / 'table.csv'}, {out / 'table.json'} (recovery {table['recovery']})")
     return summary
 
 
@@ -115,6 +124,7 @@ def train_teacher(world: Path, out: Path, profile: str, scenes: int, lam_run: st
                   console: Console | None = None) -> dict:
     """A separate family-balanced pretraining world (half the scenes, another seed), image-text pretraining on
     its perception facts, fine-tuning on the LAM's latent actions (``--init``), eval and PDMS of the teacher."""
+    from latentvla.experiment.runs import pretrain_world
     from latentvla.vla.agent import TeacherAgent
     from latentvla.vla.configuration import VLAConfig
     from latentvla.vla.evaluate import evaluate
@@ -122,10 +132,7 @@ def train_teacher(world: Path, out: Path, profile: str, scenes: int, lam_run: st
     from latentvla.vla.train import train
 
     console = console or Console(stderr=True)
-    pre_cfg = resolve(WorldConfig, "world", profile, PRETRAIN_WORLD, [f"scenes={max(20, scenes // 2)}"])
-    pre_world = out / "pretrain_world"
-    generate(pre_world, pre_cfg, workers=workers, resume=(pre_world / ".generation.json").is_file(),
-             overwrite=False)
+    pre_world = pretrain_world(out, profile, scenes, workers)
     cfg = resolve(VLAConfig, "vla", profile)
     pre = pretrain(pre_world, out / "vla" / "pretrain", cfg, workers=workers)
     run = out / "vla" / "teacher"
