@@ -113,7 +113,10 @@ class DistillHeads(nn.Module):
         self.align = nn.Linear(tf.dim, tf.dim) if d.full_key and d.feature_weight > 0 else None
 
     def outputs(self, predictions: dict[str, Tensor], scene_tokens: Tensor) -> None:
-        """Add ``latent_logits`` / ``aligned_features`` to ``predictions`` (in place) when configured."""
+        """Add ``latent_logits`` / ``aligned_features`` to ``predictions`` (in place) when configured. Training
+        only: they feed the distillation losses, so a student in eval mode costs exactly its host."""
+        if not self.training:
+            return
         if self.latent is not None:
             predictions["latent_logits"] = self.latent(scene_tokens)
         if self.align is not None:

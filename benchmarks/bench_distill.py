@@ -1,0 +1,133 @@
+"""Full model vs distilled student: parameters and batch-1 latency, and their ratio (printed, not a timed test).
+
+Per profile (quick, demo) the models are built exactly as the comparison trains them, with random weights
+(latency does not depend on them): the teacher (``vla`` preset, in-code tokenizer, 16 codes, 12 positions), the
+full model (``ipad`` host of the ``planner`` preset plus gated fusion sized to the teacher's ``encode`` output) and
+the student (the same host in eval mode: its distillation heads are training-only). Timed, interleaved, eval and
+no_grad, on random features of the planner cache's shapes and dtypes:
+
+- ``full``: the teacher's ``encode`` (prefill + 12 generated tokens + pooling) then the fused planner;
+- ``student``: the planner alone; ``ratio`` = full / student (the paper reports about 3.8x).
+
+The paper-scale row (``--skip-paper-scale`` skips it) pairs the Qwen2.5-VL-3B language-model sizes (random init,
+timed through ``bench_vla.paper_scale``: generate and encode, few repeats) with the ``full`` planner preset's iPad
+student; its ratio = (3B encode + fused planner) / student. Not timed anywhere: the frozen EfficientNet-Lite0
+features every row shares. Nothing is downloaded.
+
+    python benchmarks/bench_distill.py [--repeats 50] [--warmup 5] [--threads 1] [--skip-paper-scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_vla import build_teacher, paper_scale, random_features  # noqa: E402
+
+from latentvla.config import resolve  # noqa: E402
+from latentvla.planner.configuration import PlannerConfig  # noqa: E402
+from latentvla.planner.features import FEATURE_DTYPES, feature_shapes  # noqa: E402
+from latentvla.planner.fusion import TEACHER_KEY  # noqa: E402
+from latentvla.planner.modeling import build_model  # noqa: E402
+from latentvla.runtime.timing import interleaved_ms  # noqa: E402
+from latentvla.vla.configuration import VLAConfig  # noqa: E402
+
+
+def planner_features(cfg: PlannerConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, shape in feature_shapes(cfg.features).items():
+        dtype = FEATURE_DTYPES[key]
+        x = rng.integers(0, 256, (1, *shape)) if np.dtype(dtype) == np.uint8 else np.abs(rng.normal(0, 1, (1, *shape)))
+        out[key] = torch.from_numpy(x.astype(dtype))
+    return out
+
+
+def fused_pair(profile: str, tokens: int, dim: int):
+    """(full planner, student planner, their config) at ``profile`` for teacher outputs of (tokens, dim)."""
+    cfg = resolve(PlannerConfig, "planner", profile, overrides=["host=ipad"])
+    full_cfg = replace(cfg, fusion=replace(cfg.fusion, enabled=True, context_tokens=tokens, context_dim=dim))
+    stud_cfg = replace(cfg, distill=replace(cfg.distill, latent_target="teacher", latent_positions=12,
+                                            latent_codes=16, full_key="x"))
+    torch.manual_seed(0)
+    return build_model(full_cfg).eval(), build_model(stud_cfg).eval(), cfg
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in m.parameters()))
+
+
+def profile_row(profile: str, args, rng) -> dict:
+    vcfg = resolve(VLAConfig, "vla", profile)
+    teacher, _ = build_teacher(vcfg)
+    tfeats = random_features(vcfg, rng)
+    with torch.no_grad():
+        emb = teacher.encode(tfeats)["embeddings"]
+    full, student, pcfg = fused_pair(profile, emb.shape[1], emb.shape[2])
+    pfeats = planner_features(pcfg, rng)
+
+    @torch.no_grad()
+    def run_full():
+        e = teacher.encode(tfeats)["embeddings"].to(torch.float16)
+        full({**pfeats, TEACHER_KEY: e})
+
+    @torch.no_grad()
+    def run_student():
+        student(pfeats)
+
+    ms_full, ms_student = interleaved_ms([run_full, run_student], args.repeats, args.warmup)
+    f, s = float(np.median(ms_full)), float(np.median(ms_student))
+    return {"profile": profile, "teacher_params": n_params(teacher), "full_params": n_params(full) + n_params(teacher),
+            "student_params": n_params(student), "full_ms": f, "student_ms": s, "ratio": f / s}
+
+
+def paper_row(args, rng) -> dict:
+    lm = paper_scale(argparse.Namespace(paper_dtype="auto", threads=args.threads,
+                                        paper_repeats=args.paper_repeats, paper_warmup=1), rng)
+    full, student, pcfg = fused_pair("full", 27 + 12, 2048)  # pooled lite0 tokens + 12 actions at hidden 2048
+    pfeats = planner_features(pcfg, rng)
+    emb = torch.randn(1, 27 + 12, 2048).half()
+    with torch.no_grad():
+        ms_fused, ms_student = interleaved_ms([lambda: full({**pfeats, TEACHER_KEY: emb}), lambda: student(pfeats)],
+                                              args.paper_planner_repeats, 2)
+    fused, stud = float(np.median(ms_fused)), float(np.median(ms_student))
+    total = lm["encode_ms_median"] + fused
+    return {"profile": "paper-3B + full preset", "teacher_params": lm["params"], "student_params": n_params(student),
+            "full_params": lm["params"] + n_params(full), "encode_ms": lm["encode_ms_median"], "fused_ms": fused,
+            "full_ms": total, "student_ms": stud, "ratio": total / stud, "dtype": lm["dtype"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--paper-repeats", type=int, default=2)
+    ap.add_argument("--paper-planner-repeats", type=int, default=10)
+    ap.add_argument("--skip-paper-scale", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    rows = [profile_row(p, args, rng) for p in ("quick", "demo")]
+    if not args.skip_paper_scale:
+        rows.append(paper_row(args, rng))
+    print(f"batch 1, {args.threads} thread(s), median ms (full = teacher encode incl. generation + fused planner)")
+    print(f"{'profile':24s} {'teacher':>12s} {'full':>12s} {'student':>12s} {'full ms':>10s} {'student ms':>11s} "
+          f"{'ratio':>7s}")
+    for r in rows:
+        print(f"{r['profile']:24s} {r['teacher_params']:12,d} {r['full_params']:12,d} {r['student_params']:12,d} "
+              f"{r['full_ms']:10.1f} {r['student_ms']:11.2f} {r['ratio']:7.1f}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
