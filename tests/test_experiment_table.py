@@ -98,3 +98,34 @@ def test_bad_arguments(runner, tiny_world, tmp_path):
     res = runner.invoke(app, ["experiment", "table", "--data", str(tiny_world), "--out", str(tmp_path / "o"),
                               "--set", "train.epochs=1"])
     assert res.exit_code != 0 and "STAGE:KEY=VALUE" in res.output
+
+
+def test_ablations_share_the_reference_chain(table, runner):
+    """Three ablations (a LAM change, a codebook size, a distillation term) in the table's format."""
+    from latentvla.lam.report import load_run
+
+    out = table["out"]
+    full_stamp = (out / "planner" / "full" / "model.safetensors").stat().st_mtime_ns
+    args = [a if a != "table" else "ablations" for a in table["args"]]
+    res = runner.invoke(app, [*args, "--ablations", "single-stage,codebook-8,no-score-kl"])
+    assert res.exit_code == 0, res.output
+    assert (out / "planner" / "full" / "model.safetensors").stat().st_mtime_ns == full_stamp  # reference reused
+    doc = json.loads((out / "ablations.json").read_text())
+    assert [r["model"] for r in doc["rows"]] == ["full", "distilled", "single-stage-full", "single-stage-distilled",
+                                                 "codebook-8-full", "codebook-8-distilled", "distilled-no-score-kl"]
+    assert set(doc["paired"]) == {"single-stage-full-vs-full", "single-stage-distilled-vs-distilled",
+                                  "codebook-8-full-vs-full", "codebook-8-distilled-vs-distilled",
+                                  "distilled-no-score-kl-vs-distilled"}
+    for row in doc["rows"]:
+        assert set(row) == ROW_KEYS
+    with open(out / "ablations.csv") as f:
+        assert tuple(next(csv.reader(f))) == CSV_COLUMNS
+    lam_cfg, _ = load_run(out / "ablations" / "single-stage" / "lam")
+    assert lam_cfg.model.env.codebook_size == 1  # one environment code: no information, no disentangling
+    from latentvla.planner.checkpoint import read_config
+
+    assert read_config(out / "ablations" / "codebook-8" / "distilled" / "model.safetensors").distill.latent_codes == 8
+    student = read_config(out / "ablations" / "no-score-kl" / "distilled" / "model.safetensors")
+    assert student.distill.score_weight == 0 and student.distill.latent_weight > 0
+    res = runner.invoke(app, [*args, "--ablations", "nope"])
+    assert res.exit_code != 0 and "unknown ablation" in res.output

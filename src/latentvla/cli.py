@@ -475,8 +475,19 @@ def experiment_table_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train what is missing (finished runs are reused), score on the test split, write OUT/table.csv/json."""
-    from latentvla.experiment.runs import MODELS, Plan
+    from latentvla.experiment.runs import MODELS
     from latentvla.experiment.table import experiment_table
+
+    plan = _experiment_plan(data, out, profile, seeds, workers, quiet, set_, cache_dir, metric_cache_dir,
+                            lam_cache_dir)
+    chosen = tuple(m.strip() for m in models.split(",")) if models else MODELS
+    table = experiment_table(plan, chosen, threads=threads, console=console)
+    console.print(f"[green]wrote[/] {out / 'table.csv'}, {out / 'table.json'} ({table['scenes']} test scenes, "
+                  f"{table['seeds']} seed(s))")
+
+
+def _experiment_plan(data, out, profile, seeds, workers, quiet, set_, cache_dir, metric_cache_dir, lam_cache_dir):
+    from latentvla.experiment.runs import Plan
 
     overrides: dict[str, list[str]] = {}
     for item in set_ or []:
@@ -484,11 +495,37 @@ def experiment_table_cmd(
         if not sep or stage not in ("lam", "vla", "planner") or "=" not in kv:
             raise ValueError(f"--set {item!r}: expected STAGE:KEY=VALUE with STAGE lam, vla or planner")
         overrides.setdefault(stage, []).append(kv)
-    plan = Plan(data, out, profile, seeds, workers or _default_workers(), quiet, cache_dir, metric_cache_dir,
+    return Plan(data, out, profile, seeds, workers or _default_workers(), quiet, cache_dir, metric_cache_dir,
                 lam_cache_dir, overrides)
-    chosen = tuple(m.strip() for m in models.split(",")) if models else MODELS
-    table = experiment_table(plan, chosen, threads=threads, console=console)
-    console.print(f"[green]wrote[/] {out / 'table.csv'}, {out / 'table.json'} ({table['scenes']} test scenes, "
+
+
+@experiment_app.command("ablations")
+@_friendly
+def experiment_ablations_cmd(
+    data: Path = typer.Option(..., "--data", help="Dataset directory (train / val / test splits)."),
+    out: Path = typer.Option(..., "--out", help="Output directory (the same as `experiment table`'s shares its "
+                                                "reference runs): ablations.csv, ablations.json."),
+    profile: str = ProfileOpt,
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds of every planner-family row."),
+    only: str | None = typer.Option(None, "--ablations", help="Comma-separated subset (default all): single-stage, "
+                                                              "codebook-8, codebook-32, blind-teacher, no-latent-kl, "
+                                                              "no-score-kl, no-feature."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per core)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads while timing latency (all rows)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Stage override STAGE:KEY=VALUE (lam, vla, planner)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
+    metric_cache_dir: Path | None = typer.Option(None, "--metric-cache-dir", help="Metric cache root."),
+    lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir", help="LAM feature cache root."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Single-stage latents, codebook size, each distillation term, blind teacher: OUT/ablations.csv/json."""
+    from latentvla.experiment.ablations import ABLATIONS, experiment_ablations
+
+    plan = _experiment_plan(data, out, profile, seeds, workers, quiet, set_, cache_dir, metric_cache_dir,
+                            lam_cache_dir)
+    names = tuple(n.strip() for n in only.split(",")) if only else ABLATIONS
+    table = experiment_ablations(plan, names, threads=threads, console=console)
+    console.print(f"[green]wrote[/] {out / 'ablations.csv'}, {out / 'ablations.json'} ({table['scenes']} test scenes, "
                   f"{table['seeds']} seed(s))")
 
 

@@ -72,51 +72,70 @@ def pretrain_world(out: Path, profile: str, scenes: int, workers: int = 1) -> Pa
     return world
 
 
-def train_lam(plan: Plan) -> Path:
+def train_lam(plan: Plan, run: Path | None = None, extra: list[str] | None = None) -> Path:
+    """Both LAM stages and the label store (``extra``: LAM overrides of an ablation)."""
     from latentvla.lam.configuration import LAMConfig
     from latentvla.lam.report import label
     from latentvla.lam.train import train
 
-    run = plan.out / "lam"
-    train(plan.data, run, resolve(LAMConfig, "lam", plan.profile, overrides=plan.overrides.get("lam")),
+    run = run or plan.out / "lam"
+    train(plan.data, run, resolve(LAMConfig, "lam", plan.profile,
+                                  overrides=[*plan.overrides.get("lam", []), *(extra or [])]),
           resume=(run / "run.json").is_file(), workers=plan.workers, quiet=plan.quiet,
           cache_root=plan.lam_cache_root)
     label(run, plan.data, workers=plan.workers, quiet=plan.quiet, cache_root=plan.lam_cache_root)
     return run
 
 
-def vla_config(plan: Plan):
+def vla_config(plan: Plan, extra: list[str] | None = None):
     from latentvla.vla.configuration import VLAConfig
 
-    return resolve(VLAConfig, "vla", plan.profile, overrides=plan.overrides.get("vla"))
+    return resolve(VLAConfig, "vla", plan.profile, overrides=[*plan.overrides.get("vla", []), *(extra or [])])
 
 
-def train_teachers(plan: Plan, lam: Path) -> dict[str, Path]:
-    """Pretrained-init teacher, random-init teacher, and the untrained VLM of the ``full-random-vlm`` control."""
+def train_pretrain(plan: Plan) -> Path:
+    """The teacher's pretraining world and image-text pretraining run (shared by every teacher of ``plan.out``)."""
     from latentvla.data.store import SceneStore
     from latentvla.vla.pretrain import pretrain
-    from latentvla.vla.train import train, untrained_teacher
 
-    cfg = vla_config(plan)
-    kw = {"workers": plan.workers, "quiet": plan.quiet, "cache_root": plan.planner_cache_root}
     world = pretrain_world(plan.out, plan.profile, len(SceneStore(plan.data, verify_blobs=False)), plan.workers)
-    pre = plan.out / "vla" / "pretrain"
-    pretrain(world, pre, cfg, workers=plan.workers, quiet=plan.quiet)
+    run = plan.out / "vla" / "pretrain"
+    pretrain(world, run, vla_config(plan), workers=plan.workers, quiet=plan.quiet)
+    return run
+
+
+def train_teacher(plan: Plan, run: Path, lam: Path, init: Path | None, extra: list[str] | None = None) -> Path:
+    """One teacher fine-tuned on ``lam``'s latent actions (``extra``: VLA overrides, e.g. ``blind=true``)."""
+    from latentvla.vla.train import train
+
+    train(plan.data, run, vla_config(plan, extra), lam, init=init, resume=(run / "run.json").is_file(), workers=plan.workers,
+          quiet=plan.quiet, cache_root=plan.planner_cache_root, lam_cache_root=plan.lam_cache_root)
+    return run
+
+
+def train_teachers(plan: Plan, lam: Path, which: tuple[str, ...] = ("teacher", "teacher-scratch", "random")
+                   ) -> dict[str, Path]:
+    """Of the pretrained-init teacher, the random-init teacher and the untrained VLM of the ``full-random-vlm``
+    control, those in ``which`` (paths of all three are returned)."""
+    from latentvla.vla.train import untrained_teacher
+
     runs = {"teacher": plan.out / "vla" / "teacher", "teacher-scratch": plan.out / "vla" / "teacher-scratch",
             "random": plan.out / "vla" / "random"}
-    for name, init in (("teacher", pre), ("teacher-scratch", None)):
-        run = runs[name]
-        train(plan.data, run, cfg, lam, init=init, resume=(run / "run.json").is_file(),
-              lam_cache_root=plan.lam_cache_root, **kw)
-    untrained_teacher(plan.data, runs["random"], cfg, lam, lam_cache_root=plan.lam_cache_root, **kw)
+    if "teacher" in which:
+        train_teacher(plan, runs["teacher"], lam, train_pretrain(plan))
+    if "teacher-scratch" in which:
+        train_teacher(plan, runs["teacher-scratch"], lam, None)
+    if "random" in which:
+        untrained_teacher(plan.data, runs["random"], vla_config(plan), lam, workers=plan.workers, quiet=plan.quiet,
+                          cache_root=plan.planner_cache_root, lam_cache_root=plan.lam_cache_root)
     return runs
 
 
-def planner_config(plan: Plan, host: str, seed: int):
+def planner_config(plan: Plan, host: str, seed: int, extra: list[str] | None = None):
     from latentvla.planner.configuration import PlannerConfig
 
     return resolve(PlannerConfig, "planner", plan.profile,
-                   overrides=[f"host={host}", f"seed={seed}", *plan.overrides.get("planner", [])])
+                   overrides=[f"host={host}", f"seed={seed}", *plan.overrides.get("planner", []), *(extra or [])])
 
 
 def wide_dim(cfg, target: int) -> int:
@@ -137,16 +156,24 @@ def wide_dim(cfg, target: int) -> int:
     return best
 
 
-def train_planner_row(plan: Plan, model: str, seed: int, lam: Path, teachers: dict[str, Path]) -> Path:
-    """Train (or reuse) one planner-family row for one seed; its dependencies must be trained already."""
-    from dataclasses import replace
-
-    from latentvla.planner.sources import Sources
+def train_planner(plan: Plan, run: Path, host: str, seed: int, sources=None, extra: list[str] | None = None
+                  ) -> Path:
+    """Train (or reuse) one planner run; ``extra``: planner overrides after the plan's own (e.g. distill.*)."""
     from latentvla.planner.train import train
 
+    cfg = planner_config(plan, host, seed, extra)
+    train(plan.data, run, cfg, resume=(run / "run.json").is_file() and not (run / "metrics.json").is_file(),
+          workers=plan.workers, quiet=plan.quiet, cache_root=plan.planner_cache_root,
+          metric_cache_root=plan.metric_cache_root, sources=sources)
+    return run
+
+
+def train_planner_row(plan: Plan, model: str, seed: int, lam: Path, teachers: dict[str, Path]) -> Path:
+    """Train (or reuse) one planner-family row for one seed; its dependencies must be trained already."""
+    from latentvla.planner.sources import Sources
+
     host, how = PLANNER_ROWS[model]
-    cfg = planner_config(plan, host, seed)
-    sources = Sources()
+    sources, extra = Sources(), []
     if how == "fuse":
         sources = Sources(teacher=teachers["teacher"])
     elif how == "fuse-random":
@@ -159,27 +186,25 @@ def train_planner_row(plan: Plan, model: str, seed: int, lam: Path, teachers: di
         from latentvla.planner.checkpoint import load_planner
 
         full, _ = load_planner(plan.planner_run(how.split(":", 1)[1], seed) / "model.safetensors")
-        target = full.num_parameters(trainable_only=True)
-        cfg = replace(cfg, transfuser=replace(cfg.transfuser, dim=wide_dim(cfg, target)))
-    run = plan.planner_run(model, seed)
-    train(plan.data, run, cfg, resume=(run / "run.json").is_file() and not (run / "metrics.json").is_file(),
-          workers=plan.workers, quiet=plan.quiet, cache_root=plan.planner_cache_root,
-          metric_cache_root=plan.metric_cache_root, sources=sources)
-    return run
+        extra = [f"transfuser.dim={wide_dim(planner_config(plan, host, seed), full.num_parameters(True))}"]
+    return train_planner(plan, plan.planner_run(model, seed), host, seed, sources, extra)
 
 
 def train_all(plan: Plan, models: tuple[str, ...] = MODELS, console: Console | None = None) -> dict:
     """Every run the requested rows need: {"lam": path, "teachers": {...}, "planner": {(model, seed): path}}."""
     console = console or Console(stderr=True)
-    console.rule("[bold]latent actions[/]")
-    lam = train_lam(plan)
-    console.rule("[bold]VLA teachers[/] (pretraining world, pretraining, fine-tuning, untrained control)")
-    teachers = train_teachers(plan, lam)
     need = set(models)
     for model in list(need):  # dependencies of the requested rows
         how = PLANNER_ROWS.get(model, ("", ""))[1]
         if ":" in how:
             need.add(how.split(":", 1)[1])
+    which = tuple(t for t, wanted in (
+        ("teacher", need & {"teacher", "full", "transfuser-full", "distilled", "transfuser-distilled", "ipad-wide"}),
+        ("teacher-scratch", need & {"teacher-scratch"}), ("random", need & {"full-random-vlm"})) if wanted)
+    console.rule("[bold]latent actions[/]")
+    lam = train_lam(plan)
+    console.rule(f"[bold]VLA teachers[/] ({', '.join(which) or 'none needed'})")
+    teachers = train_teachers(plan, lam, which)
     order = [m for m in PLANNER_ROWS if m in need]
     runs: dict[tuple[str, int], Path] = {}
     for seed in range(plan.seeds):

@@ -132,7 +132,7 @@ def experiment_table(plan: Plan, models: tuple[str, ...] = MODELS, threads: int 
     if missing:
         raise ValueError(f"{plan.data} has no scenes in split(s) {missing}; the comparison needs train, val and test")
     plan.out.mkdir(parents=True, exist_ok=True)
-    runs = train_all(plan, tuple(m for m in models if m in PLANNER_ROWS), console)
+    runs = train_all(plan, models, console)
     token = store.tokens("test")[0]
     table_models: dict[str, dict] = {}
     console.rule("[bold]scoring[/] (PDMS v1.1 and EPDMS v2 on split test) and latency")
