@@ -457,22 +457,33 @@ experiment_app = typer.Typer(no_args_is_help=True, help="The LatentVLA compariso
 app.add_typer(experiment_app, name="experiment")
 
 
+_ExpData = typer.Option(..., "--data", help="Dataset directory (train / val / test splits).")
+_ExpSeeds = typer.Option(1, "--seeds", min=1, help="Seeds of every planner-family row.")
+_ExpWorkers = typer.Option(0, "--workers", help="Worker processes (0: one per core).")
+_ExpThreads = typer.Option(1, "--threads", min=1, help="torch threads while timing latency (all rows).")
+_ExpSet = typer.Option(None, "--set", help="Stage override STAGE:KEY=VALUE, e.g. planner:train.epochs=4 "
+                                           "(stages lam, vla, planner).")
+_ExpCache = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache).")
+_ExpMetricCache = typer.Option(None, "--metric-cache-dir", help="Metric cache root.")
+_ExpLamCache = typer.Option(None, "--lam-cache-dir", help="LAM feature cache root.")
+_ExpQuiet = typer.Option(False, "--quiet", help="No progress bars.")
+
+
 @experiment_app.command("table")
 @_friendly
 def experiment_table_cmd(
-    data: Path = typer.Option(..., "--data", help="Dataset directory (train / val / test splits)."),
+    data: Path = _ExpData,
     out: Path = typer.Option(..., "--out", help="Output directory: runs, scores, table.csv, table.json."),
     profile: str = ProfileOpt,
-    seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds of every planner-family row."),
+    seeds: int = _ExpSeeds,
     models: str | None = typer.Option(None, "--models", help="Comma-separated subset of the rows (default all)."),
-    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per core)."),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads while timing latency (all rows)."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Stage override STAGE:KEY=VALUE, e.g. "
-                                                              "planner:train.epochs=4 (stages lam, vla, planner)."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
-    metric_cache_dir: Path | None = typer.Option(None, "--metric-cache-dir", help="Metric cache root."),
-    lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir", help="LAM feature cache root."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    workers: int = _ExpWorkers,
+    threads: int = _ExpThreads,
+    set_: list[str] | None = _ExpSet,
+    cache_dir: Path | None = _ExpCache,
+    metric_cache_dir: Path | None = _ExpMetricCache,
+    lam_cache_dir: Path | None = _ExpLamCache,
+    quiet: bool = _ExpQuiet,
 ) -> None:
     """Train what is missing (finished runs are reused), score on the test split, write OUT/table.csv/json."""
     from latentvla.experiment.runs import MODELS
@@ -502,21 +513,21 @@ def _experiment_plan(data, out, profile, seeds, workers, quiet, set_, cache_dir,
 @experiment_app.command("ablations")
 @_friendly
 def experiment_ablations_cmd(
-    data: Path = typer.Option(..., "--data", help="Dataset directory (train / val / test splits)."),
+    data: Path = _ExpData,
     out: Path = typer.Option(..., "--out", help="Output directory (the same as `experiment table`'s shares its "
                                                 "reference runs): ablations.csv, ablations.json."),
     profile: str = ProfileOpt,
-    seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds of every planner-family row."),
+    seeds: int = _ExpSeeds,
     only: str | None = typer.Option(None, "--ablations", help="Comma-separated subset (default all): single-stage, "
                                                               "codebook-8, codebook-32, blind-teacher, no-latent-kl, "
                                                               "no-score-kl, no-feature."),
-    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per core)."),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads while timing latency (all rows)."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Stage override STAGE:KEY=VALUE (lam, vla, planner)."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
-    metric_cache_dir: Path | None = typer.Option(None, "--metric-cache-dir", help="Metric cache root."),
-    lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir", help="LAM feature cache root."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    workers: int = _ExpWorkers,
+    threads: int = _ExpThreads,
+    set_: list[str] | None = _ExpSet,
+    cache_dir: Path | None = _ExpCache,
+    metric_cache_dir: Path | None = _ExpMetricCache,
+    lam_cache_dir: Path | None = _ExpLamCache,
+    quiet: bool = _ExpQuiet,
 ) -> None:
     """Single-stage latents, codebook size, each distillation term, blind teacher: OUT/ablations.csv/json."""
     from latentvla.experiment.ablations import ABLATIONS, experiment_ablations

@@ -63,10 +63,9 @@ def train_chain(plan: Plan, name: str, ref_lam: Path, pretrain: Path, seed: int)
 def experiment_ablations(plan: Plan, names: tuple[str, ...] = ABLATIONS, threads: int = 1,
                          console: Console | None = None) -> dict:
     """Train, score and tabulate the ablations; writes OUT/ablations.csv and OUT/ablations.json."""
-    from latentvla.data.store import SceneStore
     from latentvla.experiment.runs import train_all
-    from latentvla.experiment.stats import build_table, render_tables, write_table
-    from latentvla.experiment.table import params_and_latency, score_rows
+    from latentvla.experiment.stats import build_table
+    from latentvla.experiment.table import publish, score_models
     from latentvla.planner.sources import Sources
 
     console = console or Console(stderr=True)
@@ -91,24 +90,12 @@ def experiment_ablations(plan: Plan, names: tuple[str, ...] = ABLATIONS, threads
                                                                STUDENT[name])}
             for row, path in trained.items():
                 rows.setdefault(row, {})[seed] = path
-    token = SceneStore(plan.data, verify_blobs=False).tokens("test")[0]
-    models: dict[str, dict] = {}
-    pairs: dict[str, tuple[str, str]] = {}
-    console.rule("[bold]scoring[/] (PDMS v1.1 and EPDMS v2 on split test) and latency")
-    for row, by_seed in rows.items():
-        scored = [score_rows(plan, row, s, by_seed[s], console) for s in range(plan.seeds)]
-        params, latency = params_and_latency(plan, row, by_seed[0], token, threads)
-        models[row] = {"rows": [s["pdms"] for s in scored], "epdms_rows": [s["epdms"] for s in scored],
-                       "params": params, "latency_ms": latency}
-        if row not in ("full", "distilled"):
-            pairs[f"{row}-vs-{'full' if row.endswith('-full') else 'distilled'}"] = (
-                row, "full" if row.endswith("-full") else "distilled")
+    models = score_models(plan, rows, threads, console)
+    pairs = {f"{row}-vs-{ref}": (row, ref) for row in rows if row not in ("full", "distilled")
+             for ref in ["full" if row.endswith("-full") else "distilled"]}
     table = build_table(models, pairs=pairs, recovery_of=("full", "distilled", "ipad") if "ipad" in models else None)
-    table.update(profile=plan.profile, latency_threads=threads, ablations=list(names))
-    write_table(table, plan.out, stem="ablations")
-    main, families = render_tables(table)
-    console.print(main)
-    console.print(families)
+    table["ablations"] = list(names)
+    publish(table, plan, threads, "ablations", console)
     write_json(plan.out / "ablation_runs.json", {row: {str(s): str(p) for s, p in by_seed.items()}
                                                  for row, by_seed in rows.items()}, indent=1)
     return table

@@ -118,6 +118,30 @@ def run_of(model: str, seed: int, runs: dict) -> Path | None:
     return None
 
 
+def score_models(plan: Plan, by_model: dict[str, dict[int, Path | None]], threads: int, console: Console
+                 ) -> dict[str, dict]:
+    """``build_table``'s input: every model's per-seed PDMS / EPDMS rows (scored or reused), params, latency."""
+    from latentvla.data.store import SceneStore
+
+    token = SceneStore(plan.data, verify_blobs=False).tokens("test")[0]
+    console.rule("[bold]scoring[/] (PDMS v1.1 and EPDMS v2 on split test) and latency")
+    out = {}
+    for model, runs in by_model.items():
+        scored = [score_rows(plan, model, s, run, console) for s, run in sorted(runs.items())]
+        params, latency = params_and_latency(plan, model, runs[min(runs)], token, threads)
+        out[model] = {"rows": [s["pdms"] for s in scored], "epdms_rows": [s["epdms"] for s in scored],
+                      "params": params, "latency_ms": latency}
+    return out
+
+
+def publish(table: dict, plan: Plan, threads: int, stem: str, console: Console) -> None:
+    """Stamp the profile and thread setting, write OUT/<stem>.csv / .json, print both tables."""
+    table.update(profile=plan.profile, latency_threads=threads)
+    write_table(table, plan.out, stem=stem)
+    for t in render_tables(table):
+        console.print(t)
+
+
 def experiment_table(plan: Plan, models: tuple[str, ...] = MODELS, threads: int = 1,
                      console: Console | None = None) -> dict:
     """Train, score and tabulate; writes OUT/table.csv, OUT/table.json and prints both tables."""
@@ -133,21 +157,11 @@ def experiment_table(plan: Plan, models: tuple[str, ...] = MODELS, threads: int 
         raise ValueError(f"{plan.data} has no scenes in split(s) {missing}; the comparison needs train, val and test")
     plan.out.mkdir(parents=True, exist_ok=True)
     runs = train_all(plan, models, console)
-    token = store.tokens("test")[0]
-    table_models: dict[str, dict] = {}
-    console.rule("[bold]scoring[/] (PDMS v1.1 and EPDMS v2 on split test) and latency")
-    for model in models:
-        seeds = range(plan.seeds) if model in PLANNER_ROWS else range(1)
-        scored = [score_rows(plan, model, s, run_of(model, s, runs), console) for s in seeds]
-        params, latency = params_and_latency(plan, model, run_of(model, 0, runs), token, threads)
-        table_models[model] = {"rows": [s["pdms"] for s in scored], "epdms_rows": [s["epdms"] for s in scored],
-                               "params": params, "latency_ms": latency}
+    by_model = {m: {s: run_of(m, s, runs) for s in (range(plan.seeds) if m in PLANNER_ROWS else range(1))}
+                for m in models}
+    table_models = score_models(plan, by_model, threads, console)
     table = build_table(table_models)
-    table["profile"], table["latency_threads"] = plan.profile, threads
-    write_table(table, plan.out)
-    main, families = render_tables(table)
-    console.print(main)
-    console.print(families)
+    publish(table, plan, threads, "table", console)
     write_json(plan.out / "runs.json", {"lam": str(runs["lam"]), "teachers": {k: str(v) for k, v in runs["teachers"].items()},
                                         "planner": {f"{m}.seed{s}": str(p) for (m, s), p in runs["planner"].items()}},
                indent=1)
