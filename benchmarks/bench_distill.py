@@ -7,7 +7,8 @@ the student (the same host in eval mode: its distillation heads are training-onl
 no_grad, on random features of the planner cache's shapes and dtypes:
 
 - ``full``: the teacher's ``encode`` (prefill + 12 generated tokens + pooling) then the fused planner;
-- ``student``: the planner alone; ``ratio`` = full / student (the paper reports about 3.8x).
+- ``student``: the planner alone; ``ratio`` = full / student (the paper reports about 3.8x);
+- ``student_ort``: the same student exported to ONNX on onnxruntime (with the ``[export]`` extra).
 
 The paper-scale row (``--skip-paper-scale`` skips it) pairs the Qwen2.5-VL-3B language-model sizes (random init,
 timed through ``bench_vla.paper_scale``: generate and encode, few repeats) with the ``full`` planner preset's iPad
@@ -84,10 +85,39 @@ def profile_row(profile: str, args, rng) -> dict:
     def run_student():
         student(pfeats)
 
-    ms_full, ms_student = interleaved_ms([run_full, run_student], args.repeats, args.warmup)
-    f, s = float(np.median(ms_full)), float(np.median(ms_student))
-    return {"profile": profile, "teacher_params": n_params(teacher), "full_params": n_params(full) + n_params(teacher),
-            "student_params": n_params(student), "full_ms": f, "student_ms": s, "ratio": f / s}
+    fns = [run_full, run_student]
+    ort = student_session(student, pcfg, args.threads)
+    if ort is not None:
+        np_feats = {k: v.numpy() for k, v in pfeats.items()}
+        fns.append(lambda: ort(np_feats))
+    ms = interleaved_ms(fns, args.repeats, args.warmup)
+    f, s = float(np.median(ms[0])), float(np.median(ms[1]))
+    row = {"profile": profile, "teacher_params": n_params(teacher), "full_params": n_params(full) + n_params(teacher),
+           "student_params": n_params(student), "full_ms": f, "student_ms": s, "ratio": f / s}
+    if ort is not None:
+        row.update(student_ort_ms=float(np.median(ms[2])), ratio_ort=f / float(np.median(ms[2])))
+    return row
+
+
+def student_session(student, cfg, threads: int):
+    """The student exported to ONNX and loaded in onnxruntime (None without the [export] extra)."""
+    import tempfile
+
+    try:
+        from latentvla.export.onnx import export_onnx, onnx_session
+    except ImportError:
+        return None
+    from latentvla.planner.checkpoint import save_planner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp)
+        save_planner(student, student.cfg, run / "model.safetensors")
+        try:
+            export_onnx(run, run / "student.onnx")
+        except ValueError as e:  # onnxruntime missing: PyTorch figures only
+            print(f"(no onnxruntime row: {e})")
+            return None
+        return onnx_session((run / "student.onnx").read_bytes(), threads=threads, spin=False)
 
 
 def paper_row(args, rng) -> dict:
@@ -125,7 +155,9 @@ def main() -> None:
           f"{'ratio':>7s}")
     for r in rows:
         print(f"{r['profile']:24s} {r['teacher_params']:12,d} {r['full_params']:12,d} {r['student_params']:12,d} "
-              f"{r['full_ms']:10.1f} {r['student_ms']:11.2f} {r['ratio']:7.1f}")
+              f"{r['full_ms']:10.1f} {r['student_ms']:11.2f} {r['ratio']:7.1f}"
+              + (f"   student on onnxruntime {r['student_ort_ms']:.2f} ms (ratio {r['ratio_ort']:.1f})"
+                 if "student_ort_ms" in r else ""))
     print(json.dumps(rows))
 
 
