@@ -4,14 +4,13 @@ Per (model, seed) the per-scene PDMS v1.1 and EPDMS v2 rows are kept in ``OUT/sc
 (keyed by the run's weights hash, so a retrained run is re-scored) with NAVSIM-style CSVs beside them. Latency is
 the network's: batch 1 on precomputed sensor features of one test scene (the frozen image backbone, identical
 for every learned row, is not timed), warm-up then the median of ``repeats`` calls, all rows in one process
-with one torch thread setting; ``full`` and ``teacher`` include the teacher's token generation.
+with one torch thread setting, timed round-robin across rows after all scoring; ``full`` and ``teacher`` include the teacher's token generation.
 Reference rows (``pdm-closed``, ``log-replay``) read privileged scene data, so they have no latency.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import numpy as np
@@ -75,18 +74,18 @@ def _plain(v):
     return v
 
 
-def params_and_latency(plan: Plan, model: str, run: Path | None, token: str, threads: int) -> tuple[int, float | None]:
-    """(parameters used at inference, median batch-1 network latency in ms or None for reference rows)."""
+def latency_fn(plan: Plan, model: str, run: Path | None, token: str):
+    """(parameters used at inference, a batch-1 call of the network, or None for reference rows)."""
     from latentvla.planner.cache import PlannerCache
 
     if model in REFERENCE_ROWS:
         if model != "constant-velocity":
             return 0, None
-        agent = load_row_agent(model, None)
         from latentvla.data.store import SceneStore
 
+        agent = load_row_agent(model, None)
         inp = SceneStore(plan.data, verify_blobs=False).load_agent_input(token, sensors=False)
-        return 0, _median_ms(lambda: agent.compute_trajectory(inp), threads)
+        return 0, lambda: agent.compute_trajectory(inp)
     agent = load_row_agent(model, run)
     params = sum(p.numel() for p in agent.model.parameters())
     teacher = getattr(agent, "teacher", None)
@@ -95,19 +94,18 @@ def params_and_latency(plan: Plan, model: str, run: Path | None, token: str, thr
     cache = PlannerCache.open(plan.data, agent.features_cfg, cache_root=plan.planner_cache_root,
                               workers=plan.workers, quiet=True, splits=["test"])
     feats = {k: torch.from_numpy(v) for k, v in cache.features([token]).items()}
-    return int(params), _median_ms(lambda: agent.infer(feats), threads)
+    return int(params), lambda: agent.infer(feats)
 
 
-def _median_ms(fn, threads: int) -> float:
+def latencies_ms(fns: dict[str, object], threads: int) -> dict[str, float]:
+    """Median batch-1 latency of every callable, timed round-robin (``interleaved_ms``) after all scoring, so
+    background load and warm-up affect every row alike."""
+    from latentvla.runtime.timing import interleaved_ms
+
+    timed = {k: f for k, f in fns.items() if f is not None}
     with torch_threads(threads):
-        for _ in range(LATENCY_WARMUP):
-            fn()
-        times = []
-        for _ in range(LATENCY_REPEATS):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+        ms = interleaved_ms(list(timed.values()), LATENCY_REPEATS, LATENCY_WARMUP)
+    return {k: float(np.median(m)) for k, m in zip(timed, ms)}
 
 
 def run_of(model: str, seed: int, runs: dict) -> Path | None:
@@ -125,12 +123,15 @@ def score_models(plan: Plan, by_model: dict[str, dict[int, Path | None]], thread
 
     token = SceneStore(plan.data, verify_blobs=False).tokens("test")[0]
     console.rule("[bold]scoring[/] (PDMS v1.1 and EPDMS v2 on split test) and latency")
-    out = {}
+    out, fns = {}, {}
     for model, runs in by_model.items():
         scored = [score_rows(plan, model, s, run, console) for s, run in sorted(runs.items())]
-        params, latency = params_and_latency(plan, model, runs[min(runs)], token, threads)
+        params, fns[model] = latency_fn(plan, model, runs[min(runs)], token)
         out[model] = {"rows": [s["pdms"] for s in scored], "epdms_rows": [s["epdms"] for s in scored],
-                      "params": params, "latency_ms": latency}
+                      "params": params}
+    ms = latencies_ms(fns, threads)
+    for model in out:
+        out[model]["latency_ms"] = ms.get(model)
     return out
 
 
@@ -138,8 +139,8 @@ def publish(table: dict, plan: Plan, threads: int, stem: str, console: Console) 
     """Stamp the profile and thread setting, write OUT/<stem>.csv / .json, print both tables."""
     table.update(profile=plan.profile, latency_threads=threads)
     write_table(table, plan.out, stem=stem)
-    for t in render_tables(table):
-        console.print(t)
+    for t in render_tables(table):  # full width in logs too (a non-terminal console defaults to 80 columns)
+        console.print(t, width=None if console.is_terminal else 200)
 
 
 def experiment_table(plan: Plan, models: tuple[str, ...] = MODELS, threads: int = 1,
