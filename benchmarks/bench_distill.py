@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_vla import build_teacher, paper_scale, random_features  # noqa: E402
 
 from latentvla.config import resolve  # noqa: E402
+from latentvla.export.onnx import random_features as random_features_np  # noqa: E402
 from latentvla.planner.configuration import PlannerConfig  # noqa: E402
-from latentvla.planner.features import FEATURE_DTYPES, feature_shapes  # noqa: E402
 from latentvla.planner.fusion import TEACHER_KEY  # noqa: E402
 from latentvla.planner.modeling import build_model  # noqa: E402
 from latentvla.runtime.timing import interleaved_ms  # noqa: E402
@@ -45,12 +45,8 @@ from latentvla.vla.configuration import VLAConfig  # noqa: E402
 
 
 def planner_features(cfg: PlannerConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, shape in feature_shapes(cfg.features).items():
-        dtype = FEATURE_DTYPES[key]
-        x = rng.integers(0, 256, (1, *shape)) if np.dtype(dtype) == np.uint8 else np.abs(rng.normal(0, 1, (1, *shape)))
-        out[key] = torch.from_numpy(x.astype(dtype))
-    return out
+    """A batch-1 host input of the cached shapes and dtypes (the export module's random batch)."""
+    return {k: torch.from_numpy(v) for k, v in random_features_np(cfg, 1, int(rng.integers(1 << 31))).items()}
 
 
 def fused_pair(profile: str, tokens: int, dim: int):
@@ -103,10 +99,7 @@ def student_session(student, cfg, threads: int):
     """The student exported to ONNX and loaded in onnxruntime (None without the [export] extra)."""
     import tempfile
 
-    try:
-        from latentvla.export.onnx import export_onnx, onnx_session
-    except ImportError:
-        return None
+    from latentvla.export.onnx import export_onnx, onnx_session
     from latentvla.planner.checkpoint import save_planner
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -42,10 +42,6 @@ ABLATIONS = (*CHAIN, *STUDENT)
 HOST = "ipad"
 
 
-def row_names(name: str) -> list[str]:
-    return [f"{name}-full", f"{name}-distilled"] if name in CHAIN else [f"distilled-{name}"]
-
-
 def train_chain(plan: Plan, name: str, ref_lam: Path, pretrain: Path, seed: int) -> dict[str, Path]:
     """LAM (if changed) -> teacher -> full -> distilled for one chain ablation and seed."""
     from latentvla.planner.sources import Sources

@@ -108,8 +108,9 @@ def train_teacher(plan: Plan, run: Path, lam: Path, init: Path | None, extra: li
     """One teacher fine-tuned on ``lam``'s latent actions (``extra``: VLA overrides, e.g. ``blind=true``)."""
     from latentvla.vla.train import train
 
-    train(plan.data, run, vla_config(plan, extra), lam, init=init, resume=(run / "run.json").is_file(), workers=plan.workers,
-          quiet=plan.quiet, cache_root=plan.planner_cache_root, lam_cache_root=plan.lam_cache_root)
+    train(plan.data, run, vla_config(plan, extra), lam, init=init, resume=(run / "run.json").is_file(),
+          workers=plan.workers, quiet=plan.quiet, cache_root=plan.planner_cache_root,
+          lam_cache_root=plan.lam_cache_root)
     return run
 
 

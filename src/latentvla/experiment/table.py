@@ -10,7 +10,6 @@ Reference rows (``pdm-closed``, ``log-replay``) read privileged scene data, so t
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +26,9 @@ LATENCY_WARMUP = 5
 
 
 def weights_key(run: Path | None, name: str) -> str:
-    if run is None:
-        return name
-    h = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()[:16]
-    return f"{name}:{h}"
+    from latentvla.vla.encode_cache import run_key
+
+    return name if run is None else f"{name}:{run_key(run)}"
 
 
 def load_row_agent(model: str, run: Path | None):

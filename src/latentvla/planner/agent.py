@@ -115,11 +115,7 @@ class PlannerAgent(FeatureAgent):
         """(B, 8, 3) from prebuilt planner features; a full model runs its teacher here (generation included,
         never the cache): what a latency benchmark must time."""
         if self.teacher is not None:
-            same = self.teacher.features_cfg == self.features_cfg
-            if not same:
-                raise ValueError(f"{self.run}: the teacher reads other features than the planner; time plan() instead")
-            feats = {**feats, TEACHER_KEY: self.teacher.model.encode(
-                {k: v for k, v in feats.items() if k in self.teacher.feature_keys})["embeddings"].to(torch.float16)}
+            feats = {**feats, TEACHER_KEY: self.live_teacher_embeddings(feats)}
         return self.model(feats)["trajectory"]
 
     def teacher_embeddings(self, agent_inputs: list[AgentInput], feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -129,8 +125,15 @@ class PlannerAgent(FeatureAgent):
             if missing:
                 raise KeyError(f"scene {missing[0]} is not in the teacher cache of {self.teacher.run}")
             return torch.from_numpy(np.stack([self.teacher_cache[a.token] for a in agent_inputs])).to(self.device)
+        return self.live_teacher_embeddings(feats, agent_inputs)
+
+    def live_teacher_embeddings(self, feats: dict[str, torch.Tensor],
+                                agent_inputs: list[AgentInput] | None = None) -> torch.Tensor:
+        """The teacher's generation on the planner's features (its own, built from ``agent_inputs``, when the
+        two feature configs differ), in the stored precision (float16) so live and cached inputs match."""
         same = self.teacher.features_cfg == self.features_cfg
-        # stored precision (float16), so live and cached teacher inputs match what training saw
+        if not same and agent_inputs is None:
+            raise ValueError(f"{self.run}: the teacher reads other features than the planner; time plan() instead")
         return self.teacher.encode(agent_inputs, feats if same else None)["embeddings"].to(torch.float16)
 
     @torch.no_grad()

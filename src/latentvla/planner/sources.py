@@ -51,7 +51,7 @@ def teacher_run_of(run: Path) -> Path:
     rel = read_json(run / "run.json").get("teacher")
     if not rel:
         raise ValueError(f"{run} was not trained with --teacher: it has no teacher to load")
-    teacher = (run / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
+    teacher = (run / rel).resolve()  # relative to the run (an absolute path stays itself)
     want = read_config(run / MODEL_FILE).fusion.teacher_key
     if not (teacher / "model.safetensors").is_file():
         raise FileNotFoundError(f"{run}: its teacher run {teacher} is gone; keep the teacher run next to the "

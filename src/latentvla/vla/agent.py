@@ -39,7 +39,7 @@ class TeacherAgent(FeatureAgent):
         """The teacher's encode() on these inputs; ``feats``: planner features already built with the same
         feature config (the frozen backbone then runs once for planner and teacher)."""
         feats = self.features(agent_inputs) if feats is None else feats
-        return self.model.encode({k: v for k, v in feats.items() if k in feature_keys(self.cfg)})
+        return self.model.encode({k: v for k, v in feats.items() if k in self.feature_keys})
 
     @torch.no_grad()
     def infer(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -49,7 +49,7 @@ class TeacherAgent(FeatureAgent):
 
     @torch.no_grad()
     def plan(self, agent_inputs: list[AgentInput]) -> dict[str, np.ndarray]:
-        feats = {k: v for k, v in self.features(agent_inputs).items() if k in feature_keys(self.cfg)}
+        feats = {k: v for k, v in self.features(agent_inputs).items() if k in self.feature_keys}
         enc = self.model.encode(feats)
         traj = self.model.trajectory(enc["embeddings"], feats["ego_status"])
         return {"trajectory": traj.cpu().numpy(), "codes": enc["codes"].cpu().numpy(),
