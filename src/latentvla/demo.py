@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from latentvla.config import dump_yaml, resolve
-from latentvla.data.store import SceneStore
+from latentvla.data.store import open_store
 from latentvla.runtime.io import write_json
 from latentvla.runtime.provenance import provenance
 from latentvla.world.configuration import WorldConfig
@@ -30,7 +30,7 @@ def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, worker
     console.rule(f"[bold]1/{STAGES} world[/] ({cfg.scenes} scenes, profile {profile})")
     resume = (world / ".generation.json").is_file()
     generate(world, cfg, workers=workers, resume=resume, overwrite=False)
-    store = SceneStore(world)
+    store = open_store(world)
 
     console.rule(f"[bold]2/{STAGES} statistics[/]")
     from latentvla.world.stats import compute_stats, plot_stats

@@ -6,6 +6,7 @@ per scene as a tiny one. Every sensor blob is checked against its log's SHA256SU
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -57,15 +58,21 @@ class SceneStore:
     """``SceneStore(DIR)``: ``tokens(split)``, ``load_scene(token)``, ``load_agent_input(token)``, ``verify()``."""
 
     def __init__(self, root: str | Path, verify_blobs: bool = True, cache_logs: int = 32):
-        self.root = Path(root)
-        manifest_path = self.root / "manifest.json"
+        root = Path(root)
+        manifest_path = root / "manifest.json"
         if not manifest_path.is_file():
             raise DataError(f"{manifest_path} not found: generate a world with `latentvla world generate --out "
-                            f"{self.root}` (or finish one with --resume)")
+                            f"{root}` (or finish one with --resume), or pass --data navsim:SPLIT for NAVSIM logs")
         try:
-            self.manifest = read_json(manifest_path)
+            manifest = read_json(manifest_path)
         except ValueError as e:
             raise DataError(str(e)) from None
+        self._setup(root, manifest, verify_blobs, cache_logs)
+
+    def _setup(self, root: Path, manifest: dict, verify_blobs: bool, cache_logs: int) -> None:
+        """Index a manifest (``scenes``: token, family, command, log, split); shared with other sources."""
+        self.root = root
+        self.manifest = manifest
         self.verify_blobs = verify_blobs
         self._index = {s["token"]: s for s in self.manifest["scenes"]}
         self._logs = _LRU(cache_logs)
@@ -156,10 +163,14 @@ class SceneStore:
             if bgr is None:
                 raise DataError(f"scene {token}: image {self.root / 'logs' / log / rel} cannot be decoded")
             image = np.ascontiguousarray(bgr[..., ::-1])
+        width, height = spec["width"], spec["height"]
+        if image is not None and not (width and height):  # OpenScene logs do not record image sizes
+            height, width = image.shape[:2]
         return Camera(name=name, intrinsics=np.asarray(spec["intrinsics"]),
                       sensor2ego_rotation=np.asarray(spec["sensor2ego_rotation"]),
                       sensor2ego_translation=np.asarray(spec["sensor2ego_translation"]), image=image,
-                      width=spec["width"], height=spec["height"])
+                      distortion=np.asarray(spec.get("distortion", np.zeros(5)), dtype=np.float64),
+                      width=width, height=height)
 
     def _lidar(self, log: str, rel: str, token: str) -> Lidar:
         try:
@@ -246,10 +257,53 @@ class SceneStore:
 
         return [fr["token"] for fr in frames], [int(fr["timestamp"]) for fr in frames], images()
 
-    # --- integrity --------------------------------------------------------------------------------------
+    # --- integrity / identity ---------------------------------------------------------------------------
     def verify(self, progress=None) -> list[str]:
         """Re-check every checksum; returns one line per missing or corrupt file (empty: all good)."""
         return verify_dataset(self.root, progress)
+
+    def digest(self) -> str:
+        """sha256 over manifest.json and every log's SHA256SUMS (which cover every file of the dataset)."""
+        h = hashlib.sha256()
+        h.update((self.root / "manifest.json").read_bytes())
+        for log, entry in sorted(self.manifest.get("logs", {}).items()):
+            sums = self.root / entry["sha256sums"]
+            if not sums.is_file():
+                raise DataError(f"log {log}: {sums} is missing; run `latentvla data verify {self.root}`")
+            h.update(log.encode() + b"\0" + sums.read_bytes())
+        return h.hexdigest()[:16]
+
+    def cache_dir(self, name: str) -> Path:
+        """Default home of a derived cache (metric_cache, planner_cache, ...): next to the dataset."""
+        return self.root / name
+
+
+def open_store(data: str | Path, verify_blobs: bool = True, cache_logs: int = 32) -> SceneStore:
+    """The scene source behind ``--data``: a generated dataset directory, or ``navsim:SPLIT[,SPLIT]`` for
+    OpenScene logs under $OPENSCENE_DATA_ROOT (see ``latentvla.data.navsim_source``)."""
+    from latentvla.data.navsim_source import NavsimSource, is_navsim_spec
+
+    if is_navsim_spec(data):
+        return NavsimSource(str(data), verify_blobs=verify_blobs, cache_logs=min(cache_logs, 8))
+    return SceneStore(data, verify_blobs=verify_blobs, cache_logs=cache_logs)
+
+
+def dataset_digest(data: str | Path) -> str:
+    """Identity of a dataset for cache keys (see ``SceneStore.digest``)."""
+    return open_store(data, verify_blobs=False).digest()
+
+
+def default_cache_dir(data: str | Path, name: str) -> Path:
+    """Where a cache named ``name`` lives by default for ``--data``: next to a dataset directory, under the
+    cache home for NAVSIM logs (whose tree is often read-only)."""
+    from latentvla.data.navsim_source import cache_home, is_navsim_spec
+
+    return cache_home() / name if is_navsim_spec(data) else Path(data) / name
+
+
+def data_label(data: str | Path) -> str:
+    """A short human name of ``--data`` for cache metadata and logs."""
+    return str(data) if str(data).startswith("navsim:") else Path(data).name
 
 
 _PROCESS_STORES: dict[str, SceneStore] = {}
@@ -259,7 +313,7 @@ def process_store(root: str | Path) -> SceneStore:
     """One checksum-verifying store per dataset and process, so pool workers parse each log once across jobs."""
     key = str(root)
     if key not in _PROCESS_STORES:
-        _PROCESS_STORES[key] = SceneStore(root, verify_blobs=True)
+        _PROCESS_STORES[key] = open_store(root, verify_blobs=True)
     return _PROCESS_STORES[key]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from latentvla.data.store import SceneStore
+from latentvla.data.store import SceneStore, open_store
 from latentvla.schema import AgentInput, Scene
 
 FeatureBuilder = Callable[[AgentInput], dict[str, torch.Tensor]]
@@ -53,7 +53,7 @@ class SceneDataset(Dataset):
     @property
     def store(self) -> SceneStore:
         if self._store is None:  # opened lazily in each DataLoader worker
-            self._store = SceneStore(self.root)
+            self._store = open_store(self.root)
         return self._store
 
     def __getstate__(self) -> dict:

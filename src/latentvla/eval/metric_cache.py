@@ -11,7 +11,6 @@ interrupted build resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import time
@@ -23,7 +22,15 @@ import numpy as np
 import shapely
 
 from latentvla.config import config_hash, to_dict
-from latentvla.data.store import DataError, SceneStore, process_store
+from latentvla.data.store import (
+    DataError,
+    SceneStore,
+    data_label,
+    dataset_digest,
+    default_cache_dir,
+    open_store,
+    process_store,
+)
 from latentvla.eval.observation import Tracks
 from latentvla.eval.pdm_metrics import DrivableMap
 from latentvla.eval.scene_inputs import V1_FUTURE_FRAMES, RedLights, SceneInputs, Sighting, scene_inputs
@@ -43,23 +50,7 @@ class MetricCacheConfig:
     reference: str = "pdm-closed"
 
 
-def dataset_digest(root: Path) -> str:
-    """sha256 over manifest.json and every log's SHA256SUMS (which cover every file of the dataset)."""
-    root = Path(root)
-    h = hashlib.sha256()
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise DataError(f"{manifest_path} not found: not a dataset directory")
-    h.update(manifest_path.read_bytes())
-    for log, entry in sorted(read_json(manifest_path).get("logs", {}).items()):
-        sums = root / entry["sha256sums"]
-        if not sums.is_file():
-            raise DataError(f"log {log}: {sums} is missing; run `latentvla data verify {root}`")
-        h.update(log.encode() + b"\0" + sums.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def cache_key(root: Path, cfg: MetricCacheConfig) -> str:
+def cache_key(root: str | Path, cfg: MetricCacheConfig) -> str:
     return f"{dataset_digest(root)}-{config_hash(cfg)}"
 
 
@@ -230,13 +221,12 @@ class MetricCache:
     def open(cls, data: str | Path, cfg: MetricCacheConfig | None = None, cache_root: str | Path | None = None,
              workers: int = 1, quiet: bool = False, tokens: list[str] | None = None) -> MetricCache:
         """Open (creating the index if needed) and build the shards ``tokens`` need (all scenes if None)."""
-        data = Path(data)
         cfg = cfg or MetricCacheConfig()
         key = cache_key(data, cfg)
-        path = Path(cache_root or data / "metric_cache") / key
+        path = Path(cache_root or default_cache_dir(data, "metric_cache")) / key
         if not (path / "index.json").is_file():
-            store = SceneStore(data, verify_blobs=False)
-            write_json(path / "index.json", {"key": key, "config": to_dict(cfg), "dataset": str(data.name),
+            store = open_store(data, verify_blobs=False)
+            write_json(path / "index.json", {"key": key, "config": to_dict(cfg), "dataset": data_label(data),
                                              "scenes": {s["token"]: s["log"] for s in store.manifest["scenes"]}})
         index = read_json(path / "index.json")
         if index.get("key") != key:
@@ -280,7 +270,7 @@ class MetricCache:
 
 def build(data: Path, path: Path, workers: int = 1, quiet: bool = False, logs: list[str] | None = None) -> dict:
     """Compute the missing shards of ``logs`` (all logs if None); resumable (each shard is written atomically)."""
-    store = SceneStore(data, verify_blobs=False)
+    store = open_store(data, verify_blobs=False)
     by_log = store.tokens_by_log()
     wanted = sorted(by_log) if logs is None else sorted(logs)
     todo = [_LogJob(str(data), log, by_log[log], str(path)) for log in wanted

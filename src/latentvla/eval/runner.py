@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from latentvla.agents.base import Agent
-from latentvla.data.store import SceneStore, process_store
+from latentvla.data.store import SceneStore, open_store, process_store
 from latentvla.eval.metric_cache import MetricCache, process_cache
 from latentvla.eval.scene_inputs import SceneInputs
 from latentvla.runtime.io import atomic_write_text, write_json
@@ -142,7 +142,7 @@ def score_split(data: str | Path, agent: Agent, split: str = "test", metric: str
     if metric not in METRICS:
         raise ValueError(f"unknown metric '{metric}'; valid: {list(METRICS)}")
     data = Path(data)
-    store = SceneStore(data, verify_blobs=False)
+    store = open_store(data, verify_blobs=False)
     in_split = store.tokens(split)
     if tokens is not None:
         unknown = sorted(set(tokens) - set(in_split))

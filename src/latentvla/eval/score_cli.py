@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from latentvla.agents import load_agent
+from latentvla.data.store import open_store
 from latentvla.eval.runner import METRICS, columns, score_split, write_results
 
 # Expected PDMS ranges on the embedded world's test split (v1.1): log replay near the top, constant velocity
@@ -61,14 +62,14 @@ def run_score(data: Path, agent_spec: str, out: Path, split: str, metric: str, w
 
 
 def _scene_and_plan(data: Path, agent_spec: str, token: str, cache_dir: Path | None, workers: int):
-    from latentvla.data.store import SceneStore
+    from latentvla.data.store import open_store
     from latentvla.eval.metric_cache import MetricCache
     from latentvla.eval.runner import agent_plan
 
     cache = MetricCache.open(data, cache_root=cache_dir, workers=workers, tokens=[token])
     inputs = cache.load(token)
     agent = load_agent(agent_spec)
-    store = SceneStore(data)
+    store = open_store(data)
     return cache, store, agent, inputs, agent_plan(agent, store, inputs)
 
 
@@ -133,10 +134,9 @@ def run_case(path: Path, explain: bool) -> dict:
 
 def run_sanity(data: Path, split: str, workers: int, cache_dir: Path | None, scenes: int = SANITY_SCENES) -> bool:
     """Score log replay and constant velocity on a small split; False (loudly) if either is out of range."""
-    from latentvla.data.store import SceneStore
 
     console = Console()
-    tokens = SceneStore(data, verify_blobs=False).tokens(split)
+    tokens = open_store(data, verify_blobs=False).tokens(split)
     step = max(1, len(tokens) // scenes)
     subset = tokens[::step][:scenes]
     results, ok = {}, True

@@ -95,10 +95,10 @@ def vla_config(plan: Plan, extra: list[str] | None = None):
 
 def train_pretrain(plan: Plan) -> Path:
     """The teacher's pretraining world and image-text pretraining run (shared by every teacher of ``plan.out``)."""
-    from latentvla.data.store import SceneStore
+    from latentvla.data.store import open_store
     from latentvla.vla.pretrain import pretrain
 
-    world = pretrain_world(plan.out, plan.profile, len(SceneStore(plan.data, verify_blobs=False)), plan.workers)
+    world = pretrain_world(plan.out, plan.profile, len(open_store(plan.data, verify_blobs=False)), plan.workers)
     run = plan.out / "vla" / "pretrain"
     pretrain(world, run, vla_config(plan), workers=plan.workers, quiet=plan.quiet)
     return run

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from latentvla.data.store import open_store
 from latentvla.experiment.runs import MODELS, PLANNER_ROWS, REFERENCE_ROWS, TEACHER_ROWS, Plan, train_all
 from latentvla.experiment.stats import build_table, render_tables, write_table
 from latentvla.runtime.io import read_json, write_json
@@ -79,10 +80,9 @@ def latency_fn(plan: Plan, model: str, run: Path | None, token: str):
     if model in REFERENCE_ROWS:
         if model != "constant-velocity":
             return 0, None
-        from latentvla.data.store import SceneStore
 
         agent = load_row_agent(model, None)
-        inp = SceneStore(plan.data, verify_blobs=False).load_agent_input(token, sensors=False)
+        inp = open_store(plan.data, verify_blobs=False).load_agent_input(token, sensors=False)
         return 0, lambda: agent.compute_trajectory(inp)
     agent = load_row_agent(model, run)
     params = sum(p.numel() for p in agent.model.parameters())
@@ -117,9 +117,8 @@ def run_of(model: str, seed: int, runs: dict) -> Path | None:
 def score_models(plan: Plan, by_model: dict[str, dict[int, Path | None]], threads: int, console: Console
                  ) -> dict[str, dict]:
     """``build_table``'s input: every model's per-seed PDMS / EPDMS rows (scored or reused), params, latency."""
-    from latentvla.data.store import SceneStore
 
-    token = SceneStore(plan.data, verify_blobs=False).tokens("test")[0]
+    token = open_store(plan.data, verify_blobs=False).tokens("test")[0]
     console.rule("[bold]scoring[/] (PDMS v1.1 and EPDMS v2 on split test) and latency")
     out, fns = {}, {}
     for model, runs in by_model.items():
@@ -144,13 +143,12 @@ def publish(table: dict, plan: Plan, threads: int, stem: str, console: Console) 
 def experiment_table(plan: Plan, models: tuple[str, ...] = MODELS, threads: int = 1,
                      console: Console | None = None) -> dict:
     """Train, score and tabulate; writes OUT/table.csv, OUT/table.json and prints both tables."""
-    from latentvla.data.store import SceneStore
 
     console = console or Console(stderr=True)
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"unknown model '{unknown[0]}'; valid: {list(MODELS)}")
-    store = SceneStore(plan.data, verify_blobs=False)
+    store = open_store(plan.data, verify_blobs=False)
     missing = [s for s in ("train", "val", "test") if not store.tokens(s)]
     if missing:
         raise ValueError(f"{plan.data} has no scenes in split(s) {missing}; the comparison needs train, val and test")

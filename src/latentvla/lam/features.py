@@ -28,8 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from latentvla.config import config_hash, from_dict, to_dict
-from latentvla.data.store import DataError, SceneStore, process_store
-from latentvla.eval.metric_cache import dataset_digest
+from latentvla.data.store import (
+    DataError,
+    SceneStore,
+    data_label,
+    dataset_digest,
+    default_cache_dir,
+    open_store,
+    process_store,
+)
 from latentvla.lam.configuration import EncoderConfig
 from latentvla.lam.encoder import FrameEncoder, build_encoder, encoder_fingerprint
 from latentvla.runtime.io import atomic_write_bytes, check_cache_meta, npz_bytes
@@ -41,7 +48,7 @@ _KEYS = ("features", "frame_tokens", "timestamps")
 
 def feature_cache_key(data_dir: str | Path, enc_cfg: EncoderConfig) -> str:
     """``<dataset digest>-<config hash of enc_cfg>``: the cache directory name."""
-    return f"{dataset_digest(Path(data_dir))}-{config_hash(enc_cfg)}"
+    return f"{dataset_digest(data_dir)}-{config_hash(enc_cfg)}"
 
 
 def dataset_logs(store: SceneStore) -> list[str]:
@@ -126,7 +133,7 @@ class FeatureCache:
         """Open the cache of ``enc_cfg`` over the dataset ``data_dir`` and build the files of ``logs`` (all logs if
         None) that are missing, ``workers`` processes in parallel (one encoder each), with a progress bar."""
         data = Path(data_dir)
-        store = SceneStore(data, verify_blobs=False)
+        store = open_store(data, verify_blobs=False)
         all_logs = dataset_logs(store)
         if logs is None:
             logs = all_logs
@@ -137,9 +144,9 @@ class FeatureCache:
         if logs:
             store.log_images(logs[0], enc_cfg.camera)  # a missing camera fails before anything is written
         key = feature_cache_key(data, enc_cfg)
-        path = Path(cache_root or data / "feature_cache") / key
+        path = Path(cache_root or default_cache_dir(data, "feature_cache")) / key
         meta = {"key": key, "format": FEATURE_FORMAT, "encoder": to_dict(enc_cfg),
-                "weights": encoder_fingerprint(enc_cfg), "dataset": data.name}
+                "weights": encoder_fingerprint(enc_cfg), "dataset": data_label(data)}
         try:
             check_cache_meta(path, meta, ("key", "format", "weights"), "feature cache")
         except ValueError as e:
@@ -161,7 +168,7 @@ class FeatureCache:
         if self.data is None:
             raise DataError(f"feature cache {self.path} lacks {len(todo)} log file(s) and was opened without its "
                             f"dataset")
-        store = SceneStore(self.data, verify_blobs=False, cache_logs=1)
+        store = open_store(self.data, verify_blobs=False, cache_logs=1)
         # frame counts for the progress bar; a missing camera fails here, before any encoder or worker starts
         frames = {log: len(store.log_images(log, self.enc_cfg.camera)[0]) for log in todo}
         jobs = [_LogJob(str(self.data), log, to_dict(self.enc_cfg), str(self.path)) for log in todo]

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from latentvla.config import from_dict
-from latentvla.data.store import SceneStore
+from latentvla.data.store import SceneStore, open_store
 from latentvla.lam import metrics as M
 from latentvla.lam.configuration import LAMConfig
 from latentvla.lam.data import scene_windows, split_logs
@@ -150,14 +150,14 @@ def _open_cache(data: Path, cfg: LAMConfig, store: SceneStore, splits: tuple[str
 def label(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = False,
           cache_root: str | Path | None = None) -> Path:
     """Per-scene env and ego token ids for every split, in ``RUN/labels/<dataset>.json`` (a no-op when present)."""
-    from latentvla.eval.metric_cache import dataset_digest
+    from latentvla.data.store import dataset_digest
 
     run, data = Path(run), Path(data)
     out = run / "labels" / f"{dataset_digest(data)}.json"
     if out.is_file():
         return out
     cfg, model = load_run(run)
-    store = SceneStore(data, verify_blobs=False)
+    store = open_store(data, verify_blobs=False)
     cache = _open_cache(data, cfg, store, ("train", "val", "test"), workers, quiet, cache_root)
     labels = {}
     for split in ("train", "val", "test"):
@@ -175,7 +175,7 @@ def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fa
     RUN/report/code_usage.png and, per codebook, codes_<ego|env>.png (example windows of each code)."""
     run, data = Path(run), Path(data)
     cfg, model = load_run(run)
-    store = SceneStore(data, verify_blobs=False)
+    store = open_store(data, verify_blobs=False)
     cache = _open_cache(data, cfg, store, ("train", "test"), workers, quiet, cache_root)
     test = scene_tokens(store, cache, model, cfg, "test")
     train = scene_tokens(store, cache, model, cfg, "train")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from latentvla.config import config_hash, dump_yaml
-from latentvla.data.store import SceneStore
+from latentvla.data.store import SceneStore, open_store
 from latentvla.lam.configuration import LAMConfig
 from latentvla.lam.data import WindowSet, build_windows, split_logs
 from latentvla.runtime.io import read_json, write_json
@@ -127,7 +127,7 @@ def train(data: str | Path, run: str | Path, cfg: LAMConfig, stages: str = "both
                                   "provenance": provenance({"manifest": data / "manifest.json"})}, indent=1)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.train.num_threads)
-    store = SceneStore(data, verify_blobs=False)
+    store = open_store(data, verify_blobs=False)
     logs = split_logs(store, "train") + split_logs(store, "val")
     cache = FeatureCache.open(data, cfg.encoder, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
     train_set, val_set = load_split(store, cache, cfg, "train"), load_split(store, cache, cfg, "val")

@@ -29,8 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from latentvla.config import config_hash, from_dict, to_dict
-from latentvla.data.store import SPLIT_NAMES, DataError, SceneStore, process_store
-from latentvla.eval.metric_cache import dataset_digest
+from latentvla.data.store import (
+    SPLIT_NAMES,
+    DataError,
+    SceneStore,
+    data_label,
+    dataset_digest,
+    default_cache_dir,
+    open_store,
+    process_store,
+)
 from latentvla.planner.configuration import FeatureConfig
 from latentvla.planner.features import (
     FEATURE_DTYPES,
@@ -51,7 +59,7 @@ def planner_cache_key(data_dir: str | Path, cfg: FeatureConfig) -> str:
     """``<dataset digest>-<16-hex hash of config, format and backbone weights>``: the cache directory name."""
     h = hashlib.sha256(f"{config_hash(cfg, exclude=('batch_size',))}:{PLANNER_CACHE_FORMAT}:"
                        f"{_weights_fingerprint(cfg)}".encode())
-    return f"{dataset_digest(Path(data_dir))}-{h.hexdigest()[:16]}"
+    return f"{dataset_digest(data_dir)}-{h.hexdigest()[:16]}"
 
 
 def _weights_fingerprint(cfg: FeatureConfig) -> str:
@@ -157,7 +165,7 @@ class PlannerCache:
         ``splits`` (all splits if None), ``workers`` processes in parallel, with a progress bar unless ``quiet``."""
         validate_feature_config(cfg)
         data = Path(data_dir)
-        store = SceneStore(data, verify_blobs=False)
+        store = open_store(data, verify_blobs=False)
         splits = list(SPLIT_NAMES if splits is None else splits)
         bad = [s for s in splits if s not in SPLIT_NAMES]
         if bad:
@@ -167,9 +175,9 @@ class PlannerCache:
         for s in splits:
             log_tokens.update(store.tokens_by_log(s))
         key = planner_cache_key(data, cfg)
-        path = Path(cache_root or data / "planner_cache") / key
+        path = Path(cache_root or default_cache_dir(data, "planner_cache")) / key
         meta = {"key": key, "format": PLANNER_CACHE_FORMAT, "features": to_dict(cfg),
-                "weights": _weights_fingerprint(cfg), "dataset": data.name}
+                "weights": _weights_fingerprint(cfg), "dataset": data_label(data)}
         try:
             check_cache_meta(path, meta, ("key", "format", "weights"), "planner cache")
         except ValueError as e:

@@ -43,11 +43,11 @@ def plan_for_scene(data: str | Path, agent_spec: str, token: str, cache_dir: str
                    workers: int = 1) -> ScenePlan:
     """Run ``agent_spec`` on scene ``token`` of ``data``; unknown agents or tokens raise a ValueError / KeyError."""
     from latentvla.agents import load_agent
-    from latentvla.data.store import SceneStore
+    from latentvla.data.store import open_store
 
     data = Path(data)
     agent = load_agent(agent_spec)  # unknown agents fail here, before any cache is touched
-    store = SceneStore(data, verify_blobs=False)
+    store = open_store(data, verify_blobs=False)
     store.info(token)  # an unknown token fails before the agent runs
     if agent.requires_scene:
         from latentvla.eval.score_cli import _scene_and_plan

@@ -55,9 +55,9 @@ def load_labels(lam_run: str | Path, data: str | Path, targets: str = "ego", wor
     lengths = {len(c) for c in codes.values()}
     if len(lengths) != 1:
         raise ValueError(f"{lam_run}: label rows have different lengths {sorted(lengths)}; re-run `lam label`")
-    from latentvla.data.store import SceneStore
+    from latentvla.data.store import open_store
 
-    store = SceneStore(data, verify_blobs=False)
+    store = open_store(data, verify_blobs=False)
     families = {tok: store.info(tok)["family"] for tok in codes}
     return LatentLabels(str(lam_run), read_json(lam_run / "run.json")["config_hash"], num_codes, lengths.pop(),
                         codes, families)

@@ -31,10 +31,10 @@ def run_key(run: str | Path) -> str:
 
 
 def cache_file(run: str | Path, data: str | Path, split: str, cache_root: str | Path | None = None) -> Path:
-    from latentvla.eval.metric_cache import dataset_digest
+    from latentvla.data.store import dataset_digest, default_cache_dir
 
-    root = Path(cache_root) if cache_root is not None else Path(data) / "teacher_cache"
-    return root / f"{run_key(run)}-{dataset_digest(Path(data))}" / f"{split}.npz"
+    root = Path(cache_root) if cache_root is not None else default_cache_dir(data, "teacher_cache")
+    return root / f"{run_key(run)}-{dataset_digest(data)}" / f"{split}.npz"
 
 
 def teacher_outputs(run: str | Path, data: str | Path, split: str = "test", cache_root: str | Path | None = None,

@@ -32,9 +32,9 @@ PRETRAIN_POSITIONS = 1  # the pretraining run has no action sequence; its trajec
 
 
 def scene_facts(data: Path, tokens: list[str], quiet: bool = True) -> list[dict[str, str]]:
-    from latentvla.data.store import SceneStore
+    from latentvla.data.store import open_store
 
-    store = SceneStore(data, verify_blobs=False)
+    store = open_store(data, verify_blobs=False)
     out = []
     with progress_bar(quiet) as bar:
         task = bar.add_task("perception facts", total=len(tokens), rate="")
@@ -139,7 +139,7 @@ def pretrain(data: str | Path, run: str | Path, cfg: VLAConfig, workers: int = 1
 def _pretrain(data: Path, run: Path, cfg: VLAConfig, workers: int, quiet: bool, cache_root) -> dict:
     import lightning as L
 
-    from latentvla.eval.metric_cache import dataset_digest
+    from latentvla.data.store import dataset_digest
     from latentvla.vla.data import open_cache
     from latentvla.vla.train import build_teacher
 
