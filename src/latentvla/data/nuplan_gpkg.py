@@ -56,8 +56,10 @@ def decode_geometry(blob: bytes | None, where: str) -> shapely.Geometry | None:
     """Decode a GeoPackage blob (``None`` for a NULL cell); ``where`` names file/layer/fid in the error."""
     if blob is None:
         return None
-    data = bytes(blob)
     hint = "the map file is corrupt: re-export or re-download it"
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise DataError(f"{where}: the geometry cell holds {type(blob).__name__}, not a GeoPackage blob; {hint}")
+    data = bytes(blob)
     if len(data) < 8 or data[:2] != b"GP":
         raise DataError(f"{where}: not a GeoPackage geometry blob (no 'GP' magic); {hint}")
     if data[2] != 0:

@@ -42,6 +42,7 @@ class _LogJob:
     log: str
     split: str
     jpeg_quality: int
+    ids: dict[str, str]  # map ids -> nuPlan FIDs (maps are written by the driver: one index file, no races)
 
 
 def _sha(*parts: object) -> str:
@@ -92,8 +93,6 @@ def _frame_dict(store: SceneStore, log: str, meta: dict, k: int, ids: dict[str, 
 
 def _export_log(job: _LogJob) -> tuple[str, list[str]]:
     """Write one log's sensor files, then its pickle; returns (log, its scene tokens)."""
-    from latentvla.data.nuplan_map import write_nuplan_map
-
     store = SceneStore(job.data, verify_blobs=True, cache_logs=1)
     out = Path(job.out)
     meta = store._log(job.log)
@@ -101,7 +100,7 @@ def _export_log(job: _LogJob) -> tuple[str, list[str]]:
     pkl = out / "navsim_logs" / job.split / f"{job.log}.pkl"
     if pkl.is_file():
         return job.log, tokens
-    ids = write_nuplan_map(store.load_map(job.log), out / "maps", meta["map_name"], MAP_VERSION)
+    ids = job.ids
     blobs = out / "sensor_blobs" / job.split
     frames = []
     for k, fr in enumerate(meta["frames"]):
@@ -145,12 +144,15 @@ def export_openscene(data: str | Path, out: str | Path, jpeg_quality: int = 95, 
     """Export every log of a generated dataset; returns {split: scene count}. Resumes an interrupted export."""
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
-    store = SceneStore(data, verify_blobs=False)
+    from latentvla.data.nuplan_map import write_nuplan_map
+
+    store = SceneStore(data, verify_blobs=True)
     out = Path(out)
     jobs = []
     for split in ("train", "val", "test"):
         for log in store.tokens_by_log(split):
-            jobs.append(_LogJob(str(data), str(out), log, split, jpeg_quality))
+            ids = write_nuplan_map(store.load_map(log), out / "maps", store._log(log)["map_name"], MAP_VERSION)
+            jobs.append(_LogJob(str(data), str(out), log, split, jpeg_quality, ids))
     done: dict[str, list[str]] = {}
     with progress_bar(disable=quiet) as bar:
         task = bar.add_task("exporting logs to OpenScene format", total=len(jobs), rate="")

@@ -6,29 +6,20 @@ cli.py registers ``eval_app`` as ``eval``. Heavy imports (devkit, torch, agents)
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from latentvla.cli_common import console
+from latentvla.cli_common import friendly as _friendly
+
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate agents on other datasets (nuScenes open-loop planning).")
-console = Console(stderr=True)
 
 
-def _friendly(fn):
-    """Expected errors (bad dataroot, version, split, agent or predictions) -> one clear line and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper
+@eval_app.callback()
+def _group() -> None:
+    """Evaluate agents on other datasets (a group even with one command, so `eval nuscenes` keeps its name)."""
 
 
 @eval_app.command("nuscenes")

@@ -18,8 +18,15 @@ import numpy as np
 
 from latentvla.agents.base import Agent
 from latentvla.data.nuscenes_source import CAMERA_MAP, NuScenesError, NuScenesSource
-from latentvla.eval.nuscenes_metrics import CONVENTIONS, HORIZON, METRIC_KEYS, SampleResult, check_poses, \
-    evaluate_sample, summarize
+from latentvla.eval.nuscenes_metrics import (
+    CONVENTIONS,
+    HORIZON,
+    METRIC_KEYS,
+    SampleResult,
+    check_poses,
+    evaluate_sample,
+    summarize,
+)
 
 BATCH = 8  # samples per network call for agents with compute_trajectories
 MIN_STEP_M = 0.1  # (N, 2) predictions: shorter steps keep the previous heading
@@ -74,7 +81,7 @@ def check_predictions(agent, tokens: list[str]) -> None:
 
 def _cameras_needed(agent) -> tuple[str, ...] | None:
     cfg = getattr(agent, "features_cfg", None)
-    if cfg is None:
+    if cfg is None or getattr(agent, "sensors", "none") == "none":
         return None
     wanted = tuple(cfg.camera.cameras)
     absent = [c for c in wanted if c not in CAMERA_MAP.values()]
@@ -121,7 +128,7 @@ def evaluate_nuscenes(dataroot: str | Path, version: str, split: str, agent_spec
             batch = tokens[b: b + BATCH]
             gts = [source.ground_truth(t) for t in batch]
             inputs = [source.agent_input(t, sensors, cameras, ego_status) for t in batch]
-            for t, a, gt, poses in zip(batch, inputs, gts, _plan(agent, inputs, gts)):
+            for t, gt, poses in zip(batch, gts, _plan(agent, inputs, gts)):
                 try:
                     pred = check_poses(poses, f"agent {agent.name} on sample {t}")
                 except ValueError as e:
@@ -136,14 +143,15 @@ def evaluate_nuscenes(dataroot: str | Path, version: str, split: str, agent_spec
 
 
 def summary_table(summary: dict, title: str):
-    """Both conventions and the logged trajectory's collision floor as one rich table."""
+    """Both conventions and the logged trajectory's collision floor (``logged``), one row per metric."""
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("convention")
+    table.add_column("metric")
+    cols = [(conv, summary[conv]) for conv in CONVENTIONS]
+    cols += [(f"{conv} logged", summary["gt_collision"][conv]) for conv in CONVENTIONS]
+    for name, _ in cols:
+        table.add_column(name, justify="right")
     for key in METRIC_KEYS:
-        table.add_column(key, justify="right")
-    for conv in CONVENTIONS:
-        table.add_row(conv, *[f"{summary[conv][k]:.3f}" for k in METRIC_KEYS])
-        table.add_row(f"{conv} (logged)", *[f"{summary['gt_collision'][conv][k]:.3f}" for k in METRIC_KEYS])
+        table.add_row(key, *[f"{values[key]:.3f}" for _, values in cols])
     return table

@@ -1,0 +1,33 @@
+"""Shared by every command module: the stderr console and the decorator that turns expected errors into one
+clear line and exit code 2 (so `cli.py`, `data/data_cli.py` and `eval/eval_cli.py` report errors alike)."""
+
+from __future__ import annotations
+
+import functools
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def friendly(fn):
+    """Turn expected errors (bad config, bad files, refused overwrite) into a clear message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from latentvla.config import ConfigError
+        from latentvla.data.store import DataError
+        from latentvla.world.generate import GenerationError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, GenerationError, ValueError, KeyError, FileNotFoundError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+_friendly = friendly
