@@ -250,3 +250,42 @@ def test_doctor(one_log_copy, runner):
     report = json.loads(res.output)
     assert any(victim.name in m for m in report["missing_sensor_files"])
     assert any("sensor files are missing" in p for p in report["problems"])
+
+
+def test_lam_labels_navsim_scenes(navsim_env, lam_run, runner, tiny_store, tmp_path):
+    """Labelling (LAM features from the JPEG cameras of every log frame) works on --data navsim:..."""
+    run = tmp_path / "lam"
+    shutil.copytree(lam_run[0], run, ignore=shutil.ignore_patterns("labels"))
+    res = runner.invoke(app, ["lam", "label", "--run", str(run), "--data", ALL, "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    (path,) = (run / "labels").glob("*.json")
+    labels = json.loads(path.read_text())["scenes"]
+    assert set(labels) == set(tiny_store.tokens())
+    assert {v["split"] for v in labels.values()} == {"train", "val", "test"}
+
+
+def test_devkit_scene_filter_resolution(exported, monkeypatch, tmp_path, tiny_store):
+    """navsim:NAME reads NAVSIM's own train_test_split config: data_split picks the log directory, the
+    scene filter's tokens pick the scenes (as navtest.yaml / scene_filter/navtest.yaml do)."""
+    import yaml
+
+    root, _ = exported
+    devkit = tmp_path / "devkit"
+    cfg = devkit / "navsim/planning/script/config/common/train_test_split"
+    (cfg / "scene_filter").mkdir(parents=True)
+    (cfg / "mytest.yaml").write_text("defaults:\n  - scene_filter: mytest\n\ndata_split: test\n")
+    keep = tiny_store.tokens("test")[::3]
+    (cfg / "scene_filter" / "mytest.yaml").write_text(yaml.safe_dump(
+        {"_target_": "navsim.common.dataclasses.SceneFilter", "num_history_frames": 4, "num_future_frames": 10,
+         "frame_interval": 1, "has_route": True, "max_scenes": None, "log_names": None, "tokens": keep}))
+    monkeypatch.setenv("OPENSCENE_DATA_ROOT", str(root))
+    monkeypatch.setenv("NAVSIM_DEVKIT_ROOT", str(devkit))
+    monkeypatch.setenv("LATENTVLA_CACHE_ROOT", str(tmp_path / "cache"))
+    from latentvla.data.store import open_store
+
+    src = open_store("navsim:mytest")
+    assert src.tokens("test") == keep and src.splits[0].log_dir == "test"
+    (cfg / "scene_filter" / "twostage.yaml").write_text("num_history_frames: 4\nnum_future_frames: 8\n")
+    (cfg / "twostage.yaml").write_text("data_split: test\n")
+    with pytest.raises(DataError, match="two-stage splits are not supported"):
+        open_store("navsim:twostage")
