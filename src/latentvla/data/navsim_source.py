@@ -27,7 +27,7 @@ from latentvla.data.pcd import decode_pcd
 from latentvla.data.safe_pickle import safe_load
 from latentvla.data.store import DataError, SceneStore
 from latentvla.map_api import MapAPI
-from latentvla.runtime.io import read_json, write_json
+from latentvla.runtime.io import read_json, sha256_file, write_json
 from latentvla.schema import CAMERA_NAMES, DRIVING_COMMANDS, NUM_FUTURE_FRAMES, NUM_HISTORY_FRAMES, Lidar
 
 PREFIX = "navsim:"
@@ -229,14 +229,6 @@ def extract_scenes(frames: list[dict], flt: dict) -> list[int]:
     return out
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class NavsimSource(SceneStore):
     """``SceneStore`` over OpenScene logs: same ``tokens / info / load_scene / load_agent_input / load_map`` API.
 
@@ -299,7 +291,7 @@ class NavsimSource(SceneStore):
                                    str(frames[cur].get(EXTRA + "family", "navsim"))])
                 st = pkl.stat()
                 logs[pkl.stem] = {"split": split.name, "log_dir": split.log_dir, "size": st.st_size,
-                                  "mtime_ns": st.st_mtime_ns, "sha256": _sha256_file(pkl), "frames": len(frames),
+                                  "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(pkl), "frames": len(frames),
                                   "scenes": scenes}
                 bar.advance(task)
         if max_scenes := [s.filter.get("max_scenes") for s in self.splits if s.filter.get("max_scenes")]:

@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from latentvla.data.navsim_source import quaternion_matrix  # one (w, x, y, z) convention for every source
 from latentvla.eval.nuscenes_metrics import HORIZON, StepObstacles
 from latentvla.schema import (
     NUM_HISTORY_FRAMES,
@@ -95,16 +96,6 @@ def split_scene_names(version: str, split: str) -> list[str]:
     if split not in valid:
         raise NuScenesError(f"unknown split '{split}' for {version}; valid: {valid}")
     return list(splits[alias.get(split, split)])
-
-
-def quaternion_matrix(q: Any) -> np.ndarray:
-    """(3, 3) rotation of a nuScenes quaternion (w, x, y, z)."""
-    w, x, y, z = (float(v) for v in q)
-    n = np.sqrt(w * w + x * x + y * y + z * z)
-    w, x, y, z = w / n, x / n, y / n, z / n
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
 def yaw_of(rotation: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentvla.data.store import DataError
+from latentvla.data.store import DataError, read_data_file
 
 PCD_FIELDS: tuple[str, ...] = ("x", "y", "z", "intensity", "ring", "lidar_info")
 _HEADER_KEYS = ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS", "DATA")
@@ -86,8 +86,5 @@ def decode_pcd(data: bytes, source: str = "<bytes>") -> tuple[tuple[str, ...], n
 
 def read_pcd(path: str | Path) -> tuple[tuple[str, ...], np.ndarray]:
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"LiDAR file {path} is missing") from None
+    data = read_data_file(path, "LiDAR file ")
     return decode_pcd(data, str(path))

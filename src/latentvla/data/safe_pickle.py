@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from latentvla.data.store import DataError
+from latentvla.data.store import DataError, read_data_file
 
 _BUILTINS = frozenset({
     "dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float", "bool", "complex",
@@ -89,8 +89,5 @@ def safe_loads(data: bytes, source: str = "<bytes>") -> Any:
 def safe_load(path: str | Path) -> Any:
     """Read and unpickle a file through the allow-list (errors name the file)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing") from None
+    data = read_data_file(path, "")
     return safe_loads(data, str(path))

@@ -38,6 +38,15 @@ class DataError(ValueError):
     """A dataset file is missing, corrupt or inconsistent; the message names the scene and the file."""
 
 
+def read_data_file(path: str | Path, what: str = "") -> bytes:
+    """A dataset file's bytes; a missing one raises ``DataError`` naming it (``what``: e.g. "LiDAR file ")."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{what}{path} is missing") from None
+
+
 class _LRU(OrderedDict):
     def __init__(self, size: int):
         super().__init__()
