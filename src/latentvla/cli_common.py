@@ -31,3 +31,15 @@ def friendly(fn):
 
 
 _friendly = friendly
+
+
+# --- distributed training options (every `train` command) -------------------------------------------------------
+DevicesOpt = typer.Option(1, "--devices", help="Training processes per node (DDP); the global batch stays the same.")
+NumNodesOpt = typer.Option(1, "--num-nodes", help="Nodes (with torchrun / SLURM).")
+StrategyOpt = typer.Option("auto", "--strategy", help="auto | ddp | ddp_spawn | fsdp (gloo on CPU, nccl on GPU).")
+
+
+def make_launch(devices: int, num_nodes: int, strategy: str):
+    from latentvla.runtime.distributed import Launch
+
+    return Launch(devices=devices, num_nodes=num_nodes, strategy=strategy)

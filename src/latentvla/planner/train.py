@@ -21,6 +21,13 @@ import torch
 from latentvla.config import config_hash, dump_yaml
 from latentvla.planner.configuration import PlannerConfig
 from latentvla.planner.sources import Sources, add_inputs, configure, relative_sources
+from latentvla.runtime.distributed import (
+    Launch,
+    is_rank_zero,
+    replica_checksums,
+    train_loader,
+    trainer_kwargs,
+)
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.parallel import torch_threads
 from latentvla.runtime.provenance import provenance
@@ -81,7 +88,7 @@ def _module(model, cfg: PlannerConfig):
             pred = self.model(feats)
             ade, fde = displacement_errors(pred["trajectory"], targets["trajectory"])
             n = len(targets["trajectory"])
-            self.log_dict({"val/ade": ade, "val/fde": fde}, batch_size=n, on_epoch=True)
+            self.log_dict({"val/ade": ade, "val/fde": fde}, batch_size=n, on_epoch=True, sync_dist=True)
 
         def configure_optimizers(self):
             params = [p for p in self.model.parameters() if p.requires_grad]
@@ -108,17 +115,19 @@ def prepare_targets(data: Path, cfg: PlannerConfig, tokens: list[str], targets: 
 
 def train(data: str | Path, run: str | Path, cfg: PlannerConfig, resume: bool = False, workers: int = 1,
           quiet: bool = False, cache_root: str | Path | None = None, metric_cache_root: str | Path | None = None,
-          sources: Sources | None = None) -> dict:
+          sources: Sources | None = None, launch: Launch | None = None) -> dict:
     """Train ``cfg.host`` into ``run`` (or reuse the finished run with the same config); returns metrics.json.
     ``sources``: the teacher (full model), full model (student) or LAM labels (aux control) behind the run.
+    ``launch``: devices / nodes / strategy (``cfg.train.batch_size`` is the global batch whatever they are).
     torch's thread count is restored afterwards (callers in the same process, e.g. tests, keep theirs)."""
     with torch_threads():
         return _train(Path(data), Path(run), cfg, resume, workers, quiet, cache_root, metric_cache_root,
-                      sources or Sources())
+                      sources or Sources(), launch or Launch())
 
 
 def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int, quiet: bool,
-           cache_root: str | Path | None, metric_cache_root: str | Path | None, sources: Sources) -> dict:
+           cache_root: str | Path | None, metric_cache_root: str | Path | None, sources: Sources,
+           launch: Launch) -> dict:
     import lightning as L
 
     from latentvla.planner.cache import PlannerCache
@@ -134,12 +143,13 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
                          f"profile/overrides")
     if (run / MODEL_FILE).is_file() and (run / "metrics.json").is_file() and not resume:
         return read_json(run / "metrics.json")  # finished run with this config: reuse
-    run.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run / "config.yaml")
-    write_json(run / "run.json", {"stage": "planner", "host": cfg.host, "config_hash": digest,
-                                  **relative_sources(sources, run),
-                                  "provenance": provenance({"manifest": data / "manifest.json"},
-                                                           parents=sources.parents())}, indent=1)
+    if is_rank_zero():
+        run.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run / "config.yaml")
+        write_json(run / "run.json", {"stage": "planner", "host": cfg.host, "config_hash": digest,
+                                      **relative_sources(sources, run),
+                                      "provenance": provenance({"manifest": data / "manifest.json"},
+                                                               parents=sources.parents())}, indent=1)
     torch.manual_seed(cfg.seed)
     start = time.time()
     cache = PlannerCache.open(data, cfg.features, cache_root=cache_root, workers=workers, quiet=quiet,
@@ -155,6 +165,7 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
     add_inputs(cfg, sources, data, "val", val_tokens, fva, tva, False, **source_kw)
     prep_s = time.time() - start
     torch.set_num_threads(cfg.train.num_threads)
+    torch.manual_seed(cfg.seed)  # again: building caches above may draw numbers; the init must not depend on it
     model = build_model(cfg, anchors)
     model.set_normalization(normalization_stats(ftr["ego_status"]))
 
@@ -163,23 +174,23 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # --resume
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_set = ArrayDataset(ftr, ttr)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, generator=gen,
-                                         drop_last=len(train_set) > cfg.train.batch_size)
+    loader, accum = train_loader(ArrayDataset(ftr, ttr), cfg.train.batch_size, launch, cfg.seed)
     val_loader = torch.utils.data.DataLoader(ArrayDataset(fva, tva), batch_size=max(cfg.train.batch_size, 64))
     ckpt_dir = run / "checkpoints"
     best = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/ade",
                                                mode="min", save_last=True, save_top_k=1)
-    trainer = L.Trainer(max_epochs=cfg.train.epochs, accelerator="cpu", devices=1, logger=False, deterministic=True,
+    trainer = L.Trainer(max_epochs=cfg.train.epochs, logger=False, deterministic=True, accumulate_grad_batches=accum,
                         enable_progress_bar=not quiet, enable_model_summary=False, default_root_dir=str(ckpt_dir),
                         check_val_every_n_epoch=cfg.train.val_every_epochs, num_sanity_val_steps=0,
-                        callbacks=[best])
+                        callbacks=[best], **trainer_kwargs(launch, "cpu"))
     last = ckpt_dir / "last.ckpt"
     module = _module(model, cfg)
     t0 = time.time()
     trainer.fit(module, loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
     train_s = time.time() - t0
+    replicas = replica_checksums(module, trainer) if launch.distributed else None
+    if not trainer.is_global_zero:
+        return {}  # rank 0 alone writes the model and metrics
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
@@ -196,6 +207,10 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
                "parameters": int(sum(p.numel() for p in model.parameters())),
                "val_ade": float(ade), "val_fde": float(fde)}
     metrics["trainable_parameters"] = model.num_parameters(trainable_only=True)
+    metrics.update(processes=launch.world_size, global_batch=cfg.train.batch_size,
+                   device_batch=loader.batch_size, grad_accumulation=accum)
+    if replicas is not None:  # one parameter checksum per rank after training: equal = replicas in sync
+        metrics["replica_checksums"] = replicas
     fusion = getattr(getattr(model, "extras", None), "fusion", None)
     if fusion is not None:  # how far the gates opened: how much of the teacher the model uses
         metrics["fusion_gates"] = [round(g, 4) for g in fusion.gates()]
