@@ -18,7 +18,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --upgrade pip >/dev/null
 	$(PIP) install $(TORCH_SPEC)
-	$(PIP) install -e ".[dev,vlm,export,nuscenes]" $(TORCH_SPEC)
+	$(PIP) install -e ".[dev,vlm,export,nuscenes,ray]" $(TORCH_SPEC)
 	$(PIP) install --no-deps nuscenes-devkit==1.2.0
 	@$(PY) -c "import importlib.util as u, sys; bad=[m for m in ('torchvision','timm') if u.find_spec(m)]; sys.exit(f'remove {bad}: they break the CPU torch wheel' if bad else 0)"
 	touch $(STAMP)

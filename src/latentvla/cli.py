@@ -13,7 +13,15 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
-from latentvla.cli_common import _friendly, console
+from latentvla.cli_common import (
+    DevicesOpt,
+    NumNodesOpt,
+    StrategyOpt,
+    _friendly,
+    console,
+    make_launch,
+    ray_option,
+)
 from latentvla.data.data_cli import data_app
 from latentvla.eval.eval_cli import eval_app
 
@@ -53,6 +61,7 @@ def world_config(profile: str, scenes: int | None, seed: int | None, config: Pat
 
 @world_app.command("generate")
 @_friendly
+@ray_option
 def world_generate(
     out: Path = typer.Option(..., "--out", help="Output dataset directory."),
     scenes: int | None = typer.Option(None, "--scenes", help="Number of scenes (default: the profile's)."),
@@ -141,6 +150,7 @@ def _print_stats(stats: dict) -> None:
 
 @app.command("demo")
 @_friendly
+@ray_option
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Demo run directory."),
     profile: str = ProfileOpt,
@@ -162,6 +172,7 @@ def lam_config(profile: str, config: Path | None, overrides: list[str] | None):
 
 @lam_app.command("train")
 @_friendly
+@ray_option
 def lam_train(
     data: Path = typer.Option(..., "--data", help="Dataset directory (trains on train, monitors val)."),
     out: Path = typer.Option(..., "--out", help="Run directory."),
@@ -173,17 +184,23 @@ def lam_train(
     set_: list[str] | None = typer.Option(None, "--set", help="Dotted override, e.g. model.ego.codebook_size=32."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache root (default DATA/feature_cache)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    devices: int = DevicesOpt,
+    num_nodes: int = NumNodesOpt,
+    strategy: str = StrategyOpt,
 ) -> None:
     """Train the environment (stage 1) and ego (stage 2) latent action models."""
     from latentvla.lam.train import train
 
     metrics = train(data, out, lam_config(profile, config, set_), stages=stage, resume=resume,
-                    workers=workers or _default_workers(), quiet=quiet, cache_root=cache_dir)
-    console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
+                    workers=workers or _default_workers(), quiet=quiet, cache_root=cache_dir,
+                    launch=make_launch(devices, num_nodes, strategy))
+    if metrics:
+        console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
 
 
 @lam_app.command("label")
 @_friendly
+@ray_option
 def lam_label(
     run: Path = typer.Option(..., "--run", help="LAM run directory."),
     data: Path = typer.Option(..., "--data", help="Dataset directory."),
@@ -199,6 +216,7 @@ def lam_label(
 
 @lam_app.command("report")
 @_friendly
+@ray_option
 def lam_report(
     run: Path = typer.Option(..., "--run", help="LAM run directory."),
     data: Path = typer.Option(..., "--data", help="Dataset directory (evaluates on test)."),
@@ -226,6 +244,7 @@ def planner_config(host: str, profile: str, config: Path | None, overrides: list
 
 @planner_app.command("train")
 @_friendly
+@ray_option
 def planner_train(
     data: Path = typer.Option(..., "--data", help="Dataset directory (trains on train, selects on val)."),
     host: str = typer.Option(..., "--host", help="transfuser | ipad | ego-mlp"),
@@ -247,6 +266,9 @@ def planner_train(
     latent_labels: Path | None = typer.Option(None, "--latent-labels",
                                               help="LAM run whose latent codes train an auxiliary head (control)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    devices: int = DevicesOpt,
+    num_nodes: int = NumNodesOpt,
+    strategy: str = StrategyOpt,
 ) -> None:
     """Train a planner host; the best val-ADE epoch becomes RUN/model.safetensors."""
     from latentvla.planner.sources import Sources
@@ -255,8 +277,10 @@ def planner_train(
     metrics = train(data, out, planner_config(host, profile, config, set_), resume=resume,
                     workers=workers or _default_workers(), quiet=quiet, cache_root=cache_dir,
                     metric_cache_root=metric_cache_dir,
-                    sources=Sources(teacher=teacher, distill_from=distill_from, latent_labels=latent_labels))
-    console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
+                    sources=Sources(teacher=teacher, distill_from=distill_from, latent_labels=latent_labels),
+                    launch=make_launch(devices, num_nodes, strategy))
+    if metrics:  # ranks other than 0 return nothing
+        console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
 
 
 class _ScoreCommand(TyperCommand):
@@ -276,6 +300,7 @@ CASE_EXPLAIN = "(case)"
 
 @app.command("score", cls=_ScoreCommand)
 @_friendly
+@ray_option
 def score(
     data: Path | None = typer.Option(None, "--data", help="Dataset directory."),
     agent: str = typer.Option("log-replay", "--agent",
@@ -339,6 +364,7 @@ def vla_config(profile: str, config: Path | None, overrides: list[str] | None, b
 
 @vla_app.command("train")
 @_friendly
+@ray_option
 def vla_train(
     data: Path = typer.Option(..., "--data", help="Dataset directory (trains on train, selects on val)."),
     labels: Path = typer.Option(..., "--labels", help="LAM run whose latent action tokens are the targets "
@@ -356,18 +382,23 @@ def vla_train(
     lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir",
                                               help="LAM feature cache root for labelling (default DATA/feature_cache)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    devices: int = DevicesOpt,
+    num_nodes: int = NumNodesOpt,
+    strategy: str = StrategyOpt,
 ) -> None:
     """Train the teacher to predict the LAM run's latent action tokens (no language annotations)."""
     from latentvla.vla.train import train
 
     metrics = train(data, out, vla_config(profile, config, set_, backbone), labels, init=init, resume=resume,
                     workers=workers or _default_workers(), quiet=quiet, cache_root=cache_dir,
-                    lam_cache_root=lam_cache_dir)
-    console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
+                    lam_cache_root=lam_cache_dir, launch=make_launch(devices, num_nodes, strategy))
+    if metrics:
+        console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
 
 
 @vla_app.command("pretrain")
 @_friendly
+@ray_option
 def vla_pretrain(
     data: Path = typer.Option(..., "--data", help="A separately generated, family-balanced world (see "
                                                   "docs/TRAINING.md); trains on train, selects on val."),
@@ -378,17 +409,22 @@ def vla_pretrain(
     set_: list[str] | None = typer.Option(None, "--set", help="Dotted override, e.g. pretrain.epochs=2."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    devices: int = DevicesOpt,
+    num_nodes: int = NumNodesOpt,
+    strategy: str = StrategyOpt,
 ) -> None:
     """Image-text pretraining (captions and VQA on perception facts only) of the tiny backbone."""
     from latentvla.vla.pretrain import pretrain
 
     metrics = pretrain(data, out, vla_config(profile, config, set_), workers=workers or _default_workers(),
-                       quiet=quiet, cache_root=cache_dir)
-    console.print(f"[green]pretrained[/] {out}: {json.dumps(metrics)}")
+                       quiet=quiet, cache_root=cache_dir, launch=make_launch(devices, num_nodes, strategy))
+    if metrics:
+        console.print(f"[green]pretrained[/] {out}: {json.dumps(metrics)}")
 
 
 @vla_app.command("eval")
 @_friendly
+@ray_option
 def vla_eval(
     run: Path = typer.Option(..., "--run", help="Teacher run directory."),
     data: Path = typer.Option(..., "--data", help="Dataset directory."),
@@ -436,6 +472,7 @@ _ExpQuiet = typer.Option(False, "--quiet", help="No progress bars.")
 
 @experiment_app.command("table")
 @_friendly
+@ray_option
 def experiment_table_cmd(
     data: Path = _ExpData,
     out: Path = typer.Option(..., "--out", help="Output directory: runs, scores, table.csv, table.json."),
@@ -477,6 +514,7 @@ def _experiment_plan(data, out, profile, seeds, workers, quiet, set_, cache_dir,
 
 @experiment_app.command("ablations")
 @_friendly
+@ray_option
 def experiment_ablations_cmd(
     data: Path = _ExpData,
     out: Path = typer.Option(..., "--out", help="Output directory (the same as `experiment table`'s shares its "

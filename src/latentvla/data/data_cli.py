@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from latentvla.cli_common import console
+from latentvla.cli_common import console, ray_option
 from latentvla.cli_common import friendly as _friendly
 
 data_app = typer.Typer(no_args_is_help=True, help="Dataset integrity, NAVSIM diagnosis and OpenScene export.")
@@ -86,6 +86,7 @@ def data_doctor(
 
 @data_app.command("export-openscene")
 @_friendly
+@ray_option
 def data_export_openscene(
     data: Path = typer.Option(..., "--data", help="Generated dataset directory (latentvla world generate)."),
     out: Path = typer.Option(..., "--out", help="OpenScene root to write (navsim_logs/, sensor_blobs/, maps/)."),

@@ -10,8 +10,11 @@ score with such scenes counted as 0, so nobody games the mean by failing on hard
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
+import pickle
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from latentvla.agents.base import Agent
 from latentvla.data.store import SceneStore, open_store, process_store
 from latentvla.eval.metric_cache import MetricCache, process_cache
 from latentvla.eval.scene_inputs import SceneInputs
-from latentvla.runtime.io import atomic_write_text, write_json
+from latentvla.runtime.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 from latentvla.runtime.parallel import parallel_map, progress_bar
 from latentvla.schema import TRAJECTORY_POSES, Trajectory
 
@@ -105,6 +108,43 @@ class _Job:
     tokens: list[str]  # whole logs, in manifest order
     agent: Agent
     metric: str
+    resume: str | None = None  # directory of finished jobs' rows (see score_split's resume_dir)
+
+
+def _rows_file(resume: str | Path, tokens: list[str]) -> Path:
+    return Path(resume) / f"{hashlib.sha256(chr(10).join(tokens).encode()).hexdigest()[:24]}.pkl"
+
+
+def agent_fingerprint(agent: Agent) -> str:
+    """What a resumed scoring run must share with the interrupted one: the agent's class and description and the
+    content of the files it was loaded from (a run directory's top-level files or a predictions file)."""
+    h = hashlib.sha256(f"{type(agent).__module__}.{type(agent).__qualname__}|{agent.describe()}".encode())
+    for attr in ("run", "path"):
+        p = getattr(agent, attr, None)
+        if isinstance(p, (str, Path)) and Path(p).exists():
+            files = [Path(p)] if Path(p).is_file() else sorted(f for f in Path(p).iterdir() if f.is_file())
+            for f in files:
+                h.update(f.name.encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:24]
+
+
+def _resumed(resume_dir: Path, key: str, jobs: list[_Job]) -> tuple[dict[str, dict], list[_Job]]:
+    """Rows of the jobs an interrupted run with the same ``key`` finished, and the jobs left to run."""
+    meta = resume_dir / "resume.json"
+    if resume_dir.is_dir() and not (meta.is_file() and read_json(meta).get("key") == key):
+        shutil.rmtree(resume_dir)  # another agent, metric, dataset or scene set: start over
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    write_json(meta, {"key": key})
+    done: dict[str, dict] = {}
+    todo = []
+    for job in jobs:
+        path = _rows_file(resume_dir, job.tokens)
+        if path.is_file():
+            done.update({r["token"]: r for r in pickle.loads(path.read_bytes())})
+        else:
+            todo.append(job)
+    return done, todo
 
 
 def _open(job: _Job) -> tuple[SceneStore, MetricCache]:
@@ -132,13 +172,20 @@ def _score_chunk(job: _Job) -> list[dict]:
 
         for tok, sub in zip(ok, score_epdms_log([entries[t] for t in ok], [plans[t] for t in ok], INTERVAL)):
             rows[tok].update(sub)
-    return [rows[t] for t in job.tokens]
+    out = [rows[t] for t in job.tokens]
+    if job.resume is not None:  # this job's shard: a killed run resumes without scoring these scenes again
+        atomic_write_bytes(_rows_file(job.resume, job.tokens), pickle.dumps(out, protocol=4))
+    return out
 
 
 def score_split(data: str | Path, agent: Agent, split: str = "test", metric: str = "pdms", workers: int = 1,
-                cache_root: str | Path | None = None, quiet: bool = False, tokens: list[str] | None = None
-                ) -> tuple[list[dict], dict]:
-    """Score ``agent`` on ``split`` (or the given subset of its ``tokens``): (rows in manifest order, summary)."""
+                cache_root: str | Path | None = None, quiet: bool = False, tokens: list[str] | None = None,
+                resume_dir: str | Path | None = None) -> tuple[list[dict], dict]:
+    """Score ``agent`` on ``split`` (or the given subset of its ``tokens``): (rows in manifest order, summary).
+
+    With ``resume_dir`` every job (whole logs, ``BATCH_SCENES`` scenes or more) writes its rows there atomically
+    and a rerun with the same agent, metric, data and scenes reuses them: a killed run loses no finished job. The
+    caller deletes the directory once the results are written."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric '{metric}'; valid: {list(METRICS)}")
     data = Path(data)
@@ -168,12 +215,21 @@ def score_split(data: str | Path, agent: Agent, split: str = "test", metric: str
     if chunk:
         jobs.append(_Job(str(data), str(cache.path), chunk, agent, metric))
     done: dict[str, dict] = {}
+    if resume_dir is not None:
+        key = hashlib.sha256(f"{agent_fingerprint(agent)}|{metric}|{cache.index['key']}|{BATCH_SCENES}|"
+                             f"{chr(10).join(tokens)}".encode()).hexdigest()[:24]
+        done, jobs = _resumed(Path(resume_dir), key, jobs)
+        for job in jobs:
+            job.resume = str(resume_dir)
     start = time.time()
     with progress_bar(disable=quiet) as bar:
-        task = bar.add_task(f"scoring {agent.name} ({METRICS[metric][0]})", total=len(tokens), rate="")
+        task = bar.add_task(f"scoring {agent.name} ({METRICS[metric][0]})", total=len(tokens), rate="",
+                            completed=len(done))
+        resumed = len(done)
         for rows in parallel_map(_score_chunk, jobs, workers=workers):
             done.update({r["token"]: r for r in rows})
-            bar.update(task, advance=len(rows), rate=f"{len(done) / max(time.time() - start, 1e-9):.0f} scenes/s")
+            rate = (len(done) - resumed) / max(time.time() - start, 1e-9)
+            bar.update(task, advance=len(rows), rate=f"{rate:.0f} scenes/s")
     rows = [done[t] for t in tokens]
     summary = summarize(rows, metric, split)
     summary.update(agent=agent.name, data=str(data), cache_key=cache.index["key"],

@@ -6,6 +6,7 @@ Kept out of cli.py so the command line stays a thin signature; every function he
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,9 +51,11 @@ def run_score(data: Path, agent_spec: str, out: Path, split: str, metric: str, w
     agent = load_agent(agent_spec)
     if hasattr(agent, "use_cache"):  # trained planners read the split's cached features (built once per dataset)
         agent.use_cache(data, split, workers=workers, quiet=quiet)
+    partial = Path(out).with_name(f".{Path(out).name}.partial")  # finished jobs' rows: a killed run resumes
     rows, summary = score_split(data, agent, split=split, metric=metric, workers=workers, cache_root=cache_dir,
-                                quiet=quiet)
+                                quiet=quiet, resume_dir=partial)
     summary_path = write_results(rows, summary, out, metric)
+    shutil.rmtree(partial, ignore_errors=True)
     console = Console()
     console.print(summary_table(summary))
     score = METRICS[metric][1][-1]

@@ -20,6 +20,7 @@ from latentvla.config import config_hash, dump_yaml
 from latentvla.data.store import SceneStore, open_store
 from latentvla.lam.configuration import LAMConfig
 from latentvla.lam.data import WindowSet, build_windows, split_logs
+from latentvla.runtime.distributed import Launch, is_rank_zero, train_loader, trainer_kwargs
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.provenance import provenance
 
@@ -73,7 +74,7 @@ def _module(model, stage: int, cfg: LAMConfig):
 
 
 def train_stage(model, stage: int, train: WindowFeatures, val: WindowFeatures, cfg: LAMConfig, run: Path,
-                resume: bool, quiet: bool) -> dict:
+                resume: bool, quiet: bool, launch: Launch | None = None) -> dict:
     import logging
 
     import lightning as L
@@ -86,12 +87,12 @@ def train_stage(model, stage: int, train: WindowFeatures, val: WindowFeatures, c
 
     model.set_stage(stage)
     steps = cfg.train.steps_stage1 if stage == 1 else cfg.train.steps_stage2
-    gen = torch.Generator().manual_seed(cfg.seed + stage)
-    loader = torch.utils.data.DataLoader(train, batch_size=cfg.train.batch_size, shuffle=True, generator=gen,
-                                         drop_last=len(train) > cfg.train.batch_size)
+    launch = launch or Launch()
+    loader, accum = train_loader(train, cfg.train.batch_size, launch, cfg.seed + stage)
     val_loader = torch.utils.data.DataLoader(val, batch_size=cfg.train.batch_size)
     ckpt_dir = run / "checkpoints" / f"stage{stage}"
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, deterministic=True,
+    trainer = L.Trainer(max_steps=steps, logger=False, deterministic=True, accumulate_grad_batches=accum,
+                        **trainer_kwargs(launch, "cpu"),
                         enable_progress_bar=not quiet, enable_model_summary=False, default_root_dir=str(ckpt_dir),
                         val_check_interval=min(cfg.train.val_every, max(1, len(loader))),
                         check_val_every_n_epoch=None, limit_val_batches=8, num_sanity_val_steps=0,
@@ -108,9 +109,11 @@ def train_stage(model, stage: int, train: WindowFeatures, val: WindowFeatures, c
 
 
 def train(data: str | Path, run: str | Path, cfg: LAMConfig, stages: str = "both", resume: bool = False,
-          workers: int = 1, quiet: bool = False, cache_root: str | Path | None = None) -> dict:
-    """Train the requested stages into ``run``; returns the run's metrics dict. Frozen-encoder features are cached
-    under ``cache_root`` (default DATA/feature_cache)."""
+          workers: int = 1, quiet: bool = False, cache_root: str | Path | None = None,
+          launch: Launch | None = None) -> dict:
+    """Train the requested stages into ``run``; returns the run's metrics dict (empty on ranks other than 0).
+    Frozen-encoder features are cached under ``cache_root`` (default DATA/feature_cache). Under DDP the EMA
+    codebook statistics are rank 0's (DDP broadcasts buffers); the straight-through quantizer has no such state."""
     from latentvla.lam.features import FeatureCache
     from latentvla.lam.modeling import LatentActionModel
 
@@ -121,10 +124,12 @@ def train(data: str | Path, run: str | Path, cfg: LAMConfig, stages: str = "both
     cfg_path = run / "config.yaml"
     if cfg_path.is_file() and read_json(run / "run.json").get("config_hash") != digest:
         raise ValueError(f"{run} holds a LAM run with another config; choose a new --out or the same profile/overrides")
-    run.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, cfg_path)
-    write_json(run / "run.json", {"stage": "lam", "config_hash": digest,
-                                  "provenance": provenance({"manifest": data / "manifest.json"})}, indent=1)
+    writer = is_rank_zero()
+    if writer:
+        run.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, cfg_path)
+        write_json(run / "run.json", {"stage": "lam", "config_hash": digest,
+                                      "provenance": provenance({"manifest": data / "manifest.json"})}, indent=1)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.train.num_threads)
     store = open_store(data, verify_blobs=False)
@@ -147,10 +152,15 @@ def train(data: str | Path, run: str | Path, cfg: LAMConfig, stages: str = "both
             continue
         if stage == 2 and not (run / "stage1.safetensors").is_file():
             raise ValueError(f"stage 2 needs stage 1 first: run `latentvla lam train --stage 1 --out {run}`")
-        metrics.update(train_stage(model, stage, train_set, val_set, cfg, run, resume, quiet))
+        metrics.update(train_stage(model, stage, train_set, val_set, cfg, run, resume, quiet, launch))
+        writer = is_rank_zero()  # the process group exists now
+        if not writer:
+            continue
         model.save(snapshot)
         trained = True
         write_json(run / "metrics.json", metrics, indent=1)
+    if not writer:
+        return {}
     if (run / "stage2.safetensors").is_file() and (trained or not (run / "model.safetensors").is_file()):
         model.save(run / "model.safetensors")
     metrics.update(train_windows=len(train_set), val_windows=len(val_set))

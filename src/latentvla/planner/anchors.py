@@ -11,6 +11,7 @@ iPad's scoring head (Hydra-MDP's recipe), so the host learns which plans are saf
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from latentvla.runtime.io import atomic_write_bytes, load_npz, npz_bytes
 
 _SUBSCORES = ("nc", "dac", "ttc", "ep", "c", "pdms")  # scorer keys, in PROPOSAL_SCORE_COLUMNS order
 _CHUNK = 32  # scenes per batched simulation
+_SAVE_EVERY_S = 60.0  # anchor_scores checkpoints the scores file this often (resume after a kill)
 assert len(_SUBSCORES) == len(PROPOSAL_SCORE_COLUMNS)
 
 
@@ -118,12 +120,21 @@ def anchor_scores(data: str | Path, tokens: list[str], anchors: np.ndarray, cach
     todo = [t for t in dict.fromkeys(tokens) if t not in known]
     if todo:
         jobs = [_Chunk(str(cache.path), todo[i: i + _CHUNK], anchors) for i in range(0, len(todo), _CHUNK)]
+        saved = time.monotonic()
         with progress_bar(disable=quiet) as bar:
             task = bar.add_task("anchor scores", total=len(todo), rate="")
             for chunk, scores in parallel_map(_score_chunk, jobs, workers):
                 known.update(zip(chunk, scores))
                 bar.advance(task, len(chunk))
-        keys = sorted(known)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, npz_bytes({"tokens": np.array(keys), "scores": np.stack([known[k] for k in keys])}))
+                if time.monotonic() - saved > _SAVE_EVERY_S:  # a killed run keeps what it scored
+                    _save_scores(path, known)
+                    saved = time.monotonic()
+        _save_scores(path, known)
     return np.stack([known[t] for t in tokens])
+
+
+def _save_scores(path: Path, known: dict[str, np.ndarray]) -> None:
+    """All scores known so far, sorted by token: the same bytes however the run was interrupted and resumed."""
+    keys = sorted(known)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, npz_bytes({"tokens": np.array(keys), "scores": np.stack([known[k] for k in keys])}))

@@ -23,6 +23,7 @@ from latentvla.planner.configuration import PlannerConfig
 from latentvla.planner.sources import Sources, add_inputs, configure, relative_sources
 from latentvla.runtime.distributed import (
     Launch,
+    StepTimer,
     is_rank_zero,
     replica_checksums,
     train_loader,
@@ -182,7 +183,7 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
     trainer = L.Trainer(max_epochs=cfg.train.epochs, logger=False, deterministic=True, accumulate_grad_batches=accum,
                         enable_progress_bar=not quiet, enable_model_summary=False, default_root_dir=str(ckpt_dir),
                         check_val_every_n_epoch=cfg.train.val_every_epochs, num_sanity_val_steps=0,
-                        callbacks=[best], **trainer_kwargs(launch, "cpu"))
+                        callbacks=[best, timer := StepTimer(accum)], **trainer_kwargs(launch, "cpu"))
     last = ckpt_dir / "last.ckpt"
     module = _module(model, cfg)
     t0 = time.time()
@@ -208,7 +209,7 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
                "val_ade": float(ade), "val_fde": float(fde)}
     metrics["trainable_parameters"] = model.num_parameters(trainable_only=True)
     metrics.update(processes=launch.world_size, global_batch=cfg.train.batch_size,
-                   device_batch=loader.batch_size, grad_accumulation=accum)
+                   device_batch=loader.batch_size, grad_accumulation=accum, step_ms_median=timer.median_ms)
     if replicas is not None:  # one parameter checksum per rank after training: equal = replicas in sync
         metrics["replica_checksums"] = replicas
     fusion = getattr(getattr(model, "extras", None), "fusion", None)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
+import time
 from dataclasses import dataclass
 
+import lightning as L
 import torch
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
@@ -82,10 +85,13 @@ def trainer_kwargs(launch: Launch, default_accelerator: str = "cpu") -> dict:
         backend = "nccl" if accelerator == "gpu" else "gloo"
         if launch.strategy == "fsdp":
             kw["strategy"] = FSDPStrategy(process_group_backend=backend)
+        # some hosts hold trainable parameters a given loss does not reach (e.g. TransFuser's auxiliary heads
+        # when their weights are 0, distillation heads in eval), which plain DDP refuses
         elif launch.strategy == "ddp_spawn":
-            kw["strategy"] = DDPStrategy(start_method="spawn", process_group_backend=backend)
+            kw["strategy"] = DDPStrategy(start_method="spawn", process_group_backend=backend,
+                                         find_unused_parameters=True)
         else:
-            kw["strategy"] = DDPStrategy(process_group_backend=backend)
+            kw["strategy"] = DDPStrategy(process_group_backend=backend, find_unused_parameters=True)
     return kw
 
 
@@ -121,3 +127,28 @@ def replica_checksums(module: torch.nn.Module, trainer) -> list[float]:
                 for p in module.parameters())
     gathered = trainer.strategy.all_gather(torch.tensor([total], dtype=torch.float64))
     return [float(v) for v in torch.as_tensor(gathered).reshape(-1)]
+
+
+class StepTimer(L.pytorch.callbacks.Callback):
+    """Wall time between consecutive training batches, times the accumulation steps = one optimizer step.
+    ``median_ms`` skips the first ``warmup`` batches, so process start-up and DDP set-up do not count (what the
+    step-time benchmark compares)."""
+
+    def __init__(self, accumulation: int = 1, warmup: int = 3):
+        self.accumulation, self.warmup = accumulation, warmup
+        self.intervals: list[float] = []
+        self._last: float | None = None
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.intervals.append(now - self._last)
+        self._last = now
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        self._last = None  # validation and epoch boundaries are not steps
+
+    @property
+    def median_ms(self) -> float | None:
+        kept = self.intervals[self.warmup:]
+        return round(1000 * statistics.median(kept) * self.accumulation, 2) if kept else None

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from latentvla.config import config_hash, dump_yaml
+from latentvla.runtime.distributed import Launch, is_rank_zero, train_loader, trainer_kwargs
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.parallel import progress_bar, torch_threads
 from latentvla.runtime.provenance import provenance
@@ -103,7 +104,7 @@ def _module(model, cfg: VLAConfig):
             camera, prompts, answers, _tasks = batch
             loss, exact = text_loss(self.model, camera, prompts, answers)
             self.log_dict({"val/nll": loss, "val/exact": exact.float().mean()}, batch_size=len(prompts),
-                          on_epoch=True)
+                          on_epoch=True, sync_dist=True)
 
         def configure_optimizers(self):
             p = cfg.pretrain
@@ -130,13 +131,14 @@ def answer_accuracy(model, camera: np.ndarray, rows: list[tuple[int, str, str, s
 
 
 def pretrain(data: str | Path, run: str | Path, cfg: VLAConfig, workers: int = 1, quiet: bool = False,
-             cache_root: str | Path | None = None) -> dict:
-    """Pretrain into ``run`` (or reuse the finished run with the same config and data); returns metrics.json."""
+             cache_root: str | Path | None = None, launch: Launch | None = None) -> dict:
+    """Pretrain into ``run`` (or reuse the finished run with the same config and data); returns metrics.json
+    (empty on ranks other than 0 of a distributed ``launch``)."""
     with torch_threads():
-        return _pretrain(Path(data), Path(run), cfg, workers, quiet, cache_root)
+        return _pretrain(Path(data), Path(run), cfg, workers, quiet, cache_root, launch or Launch())
 
 
-def _pretrain(data: Path, run: Path, cfg: VLAConfig, workers: int, quiet: bool, cache_root) -> dict:
+def _pretrain(data: Path, run: Path, cfg: VLAConfig, workers: int, quiet: bool, cache_root, launch: Launch) -> dict:
     import lightning as L
 
     from latentvla.data.store import dataset_digest
@@ -148,10 +150,11 @@ def _pretrain(data: Path, run: Path, cfg: VLAConfig, workers: int, quiet: bool, 
         raise ValueError(f"{run} holds a pretraining run with another config or world; choose a new --out")
     if (run / MODEL_FILE).is_file() and (run / "metrics.json").is_file():
         return read_json(run / "metrics.json")
-    run.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run / "config.yaml")
-    write_json(run / "run.json", {"stage": "vla-pretrain", "config_hash": digest, "data": str(data),
-                                  "provenance": provenance({"manifest": data / "manifest.json"})}, indent=1)
+    if is_rank_zero():
+        run.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run / "config.yaml")
+        write_json(run / "run.json", {"stage": "vla-pretrain", "config_hash": digest, "data": str(data),
+                                      "provenance": provenance({"manifest": data / "manifest.json"})}, indent=1)
     torch.set_num_threads(1)
     start = time.time()
     cache = open_cache(data, cfg, ("train", "val"), workers=workers, quiet=quiet, cache_root=cache_root)
@@ -170,22 +173,22 @@ def _pretrain(data: Path, run: Path, cfg: VLAConfig, workers: int, quiet: bool, 
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    gen = torch.Generator().manual_seed(cfg.seed)
     train_set = TextDataset(*splits["train"])
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.pretrain.batch_size, shuffle=True, generator=gen,
-                                         collate_fn=collate, drop_last=len(train_set) > cfg.pretrain.batch_size)
+    loader, accum = train_loader(train_set, cfg.pretrain.batch_size, launch, cfg.seed, collate_fn=collate)
     val_loader = torch.utils.data.DataLoader(TextDataset(*splits["val"]), batch_size=128, collate_fn=collate)
     ckpt_dir = run / "checkpoints"
     best = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/nll", mode="min",
                                                save_top_k=1)
-    trainer = L.Trainer(max_epochs=cfg.pretrain.epochs, accelerator="auto", devices=1, logger=False,
-                        deterministic=True, precision=cfg.train.precision, enable_progress_bar=not quiet,
+    trainer = L.Trainer(max_epochs=cfg.pretrain.epochs, logger=False, accumulate_grad_batches=accum,
+                        **trainer_kwargs(launch, "auto"), deterministic=True, precision=cfg.train.precision, enable_progress_bar=not quiet,
                         enable_model_summary=False, default_root_dir=str(ckpt_dir), num_sanity_val_steps=0,
                         callbacks=[best])
     module = _module(model, cfg)
     t0 = time.time()
     trainer.fit(module, loader, val_loader)
     train_s = time.time() - t0
+    if not trainer.is_global_zero:
+        return {}
     if best.best_model_path:
         module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
     save_teacher(model.cpu().eval(), run)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from latentvla.config import config_hash, dump_yaml
+from latentvla.runtime.distributed import Launch, is_rank_zero, train_loader, trainer_kwargs
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.parallel import torch_threads
 from latentvla.runtime.provenance import provenance
@@ -82,7 +83,7 @@ def _module(model, cfg: VLAConfig, total_steps: int):
             logits = self.model(feats, codes)["logits"]
             acc = (self.model.action_logits(logits).argmax(-1) == codes).float().mean()
             self.log_dict({"val/nll": self.model.loss(logits, codes), "val/token_accuracy": acc},
-                          batch_size=len(codes), on_epoch=True)
+                          batch_size=len(codes), on_epoch=True, sync_dist=True)
 
         def configure_optimizers(self):
             params = [p for p in self.model.parameters() if p.requires_grad]
@@ -102,16 +103,17 @@ def _module(model, cfg: VLAConfig, total_steps: int):
 
 def train(data: str | Path, run: str | Path, cfg: VLAConfig, labels_run: str | Path, init: str | Path | None = None,
           resume: bool = False, workers: int = 1, quiet: bool = False, cache_root: str | Path | None = None,
-          lam_cache_root: str | Path | None = None) -> dict:
-    """Train into ``run`` (or reuse the finished run with the same config, labels and init); returns metrics.json.
-    torch's thread count is restored afterwards."""
+          lam_cache_root: str | Path | None = None, launch: Launch | None = None) -> dict:
+    """Train into ``run`` (or reuse the finished run with the same config, labels and init); returns metrics.json
+    (empty on ranks other than 0: the teacher phase runs on every process of ``launch``, the small trajectory-head
+    phase on rank 0 alone). torch's thread count is restored afterwards."""
     with torch_threads():
         return _train(Path(data), Path(run), cfg, Path(labels_run), init, resume, workers, quiet, cache_root,
-                      lam_cache_root)
+                      lam_cache_root, launch or Launch())
 
 
 def _train(data: Path, run: Path, cfg: VLAConfig, labels_run: Path, init: str | Path | None, resume: bool,
-           workers: int, quiet: bool, cache_root, lam_cache_root) -> dict:
+           workers: int, quiet: bool, cache_root, lam_cache_root, launch: Launch) -> dict:
     import lightning as L
 
     labels = load_labels(labels_run, data, cfg.actions.targets, workers=workers, quiet=quiet,
@@ -125,14 +127,15 @@ def _train(data: Path, run: Path, cfg: VLAConfig, labels_run: Path, init: str | 
         return done  # finished run with this config (nothing left to resume either)
     if resume and (run / MODEL_FILE).is_file() and "best_val_nll" in done:
         return _head_phase(data, run, cfg, labels, done, workers, quiet, cache_root)  # teacher done, head left
-    run.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run / "config.yaml")
-    write_json(run / "run.json", {"stage": "vla", "config_hash": digest, "labels": str(labels_run),
-                                  "labels_config_hash": labels.lam_config_hash,
-                                  "init": None if init is None else str(init), "blind": cfg.blind,
-                                  "provenance": provenance({"manifest": data / "manifest.json"},
-                                                           parents=[str(labels_run)] + ([str(init)] if init else []))},
-               indent=1)
+    if is_rank_zero():
+        run.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run / "config.yaml")
+        write_json(run / "run.json", {"stage": "vla", "config_hash": digest, "labels": str(labels_run),
+                                      "labels_config_hash": labels.lam_config_hash,
+                                      "init": None if init is None else str(init), "blind": cfg.blind,
+                                      "provenance": provenance({"manifest": data / "manifest.json"},
+                                                               parents=[str(labels_run)] + ([str(init)] if init else []))},
+                   indent=1)
     torch.set_num_threads(1)
     start = time.time()
     cache = open_cache(data, cfg, ("train", "val"), workers=workers, quiet=quiet, cache_root=cache_root)
@@ -149,17 +152,14 @@ def _train(data: Path, run: Path, cfg: VLAConfig, labels_run: Path, init: str | 
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_set = TeacherDataset(tr)
-    drop = len(train_set) > cfg.train.batch_size
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, generator=gen,
-                                         drop_last=drop)
+    loader, accum = train_loader(TeacherDataset(tr), cfg.train.batch_size, launch, cfg.seed)
     val_loader = torch.utils.data.DataLoader(TeacherDataset(va), batch_size=max(cfg.train.batch_size, 64))
-    total_steps = cfg.train.epochs * max(1, len(loader))
+    total_steps = cfg.train.epochs * max(1, len(loader) // accum)
     ckpt_dir = run / "checkpoints"
     best = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/nll", mode="min",
                                                save_last=True, save_top_k=1)
-    trainer = L.Trainer(max_epochs=cfg.train.epochs, accelerator="auto", devices=1, logger=False, deterministic=True,
+    trainer = L.Trainer(max_epochs=cfg.train.epochs, logger=False, deterministic=True, accumulate_grad_batches=accum,
+                        **trainer_kwargs(launch, "auto"),
                         precision=cfg.train.precision, enable_progress_bar=not quiet, enable_model_summary=False,
                         default_root_dir=str(ckpt_dir), check_val_every_n_epoch=cfg.train.val_every_epochs,
                         num_sanity_val_steps=0, callbacks=[best])
@@ -168,6 +168,8 @@ def _train(data: Path, run: Path, cfg: VLAConfig, labels_run: Path, init: str | 
     t0 = time.time()
     trainer.fit(module, loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
     train_s = time.time() - t0
+    if not trainer.is_global_zero:
+        return {}
     if best.best_model_path:
         module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
     model = model.cpu().eval()
