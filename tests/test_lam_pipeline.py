@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from latentvla.cli import app
+from latentvla.data.store import SceneStore
 from latentvla.lam.report import REPORT_KEYS
 
 
@@ -68,3 +71,36 @@ def test_resume_skips_finished_stages_and_stage_order(lam_run, runner, tiny_worl
     res = runner.invoke(app, ["lam", "train", "--data", str(tiny_world), "--out", str(run), "--profile", "quick",
                               "--set", "model.dim=16", "--workers", "1", "--cache-dir", str(cache), "--quiet"])
     assert res.exit_code == 2 and "holds a LAM run" in res.output
+
+
+def test_label_is_sharded_by_log_and_resumes(lam_run, tiny_world, tmp_path, monkeypatch):
+    """Labelling runs one job per log (parallel map); a run killed mid-way keeps its finished shards, the rerun
+    labels only the rest and the merged file is byte-identical to an uninterrupted run's."""
+    import shutil
+
+    from latentvla.lam import report as lam_report
+
+    src, features = lam_run
+    ref_run, run = tmp_path / "ref", tmp_path / "run"
+    for d in (ref_run, run):
+        shutil.copytree(src, d, ignore=shutil.ignore_patterns("labels"))
+    ref = lam_report.label(ref_run, tiny_world, quiet=True, cache_root=features).read_bytes()
+    real, calls = lam_report._label_log, []
+
+    def dying(job):
+        calls.append(job.log)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(job)
+
+    monkeypatch.setattr(lam_report, "_label_log", dying)
+    with pytest.raises(KeyboardInterrupt):
+        lam_report.label(run, tiny_world, quiet=True, cache_root=features)
+    (shards,) = (run / "labels").glob("*.shards")
+    assert len(list(shards.glob("*.json"))) == 2 and not list((run / "labels").glob("*.json"))
+    calls.clear()
+    monkeypatch.setattr(lam_report, "_label_log", lambda job: (calls.append(job.log), real(job))[1])
+    out = lam_report.label(run, tiny_world, quiet=True, cache_root=features)
+    n_logs = len({log for s in ("train", "val", "test") for log in SceneStore(tiny_world).tokens_by_log(s)})
+    assert len(calls) == n_logs - 2
+    assert out.read_bytes() == ref and not shards.exists()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from latentvla.cli import app
+from latentvla.data.store import SceneStore
 from latentvla.vla.evaluate import EVAL_KEYS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,3 +139,35 @@ def test_teacher_outputs_are_cached_per_run_and_dataset(vla, tiny_world, tmp_pat
     before = path.stat().st_mtime_ns
     again = teacher_outputs(vla["run"], tiny_world, "test", cache_root=tmp_path, planner_cache_root=vla["cache"])
     assert path.stat().st_mtime_ns == before and np.array_equal(again["probs"], out["probs"])
+
+
+def test_teacher_outputs_do_not_depend_on_workers_and_resume(vla, tiny_world, tmp_path, monkeypatch):
+    """One job per log through the parallel map: 2 worker processes give the same arrays as 1; an export killed
+    after its first log keeps that shard, and the rerun encodes only the other logs, to the same result."""
+    from latentvla.vla import encode_cache
+    from latentvla.vla.encode_cache import cache_file, teacher_outputs
+
+    kw = {"planner_cache_root": vla["cache"], "batch_size": 4}
+    one = teacher_outputs(vla["run"], tiny_world, "test", cache_root=tmp_path / "w1", **kw)
+    two = teacher_outputs(vla["run"], tiny_world, "test", cache_root=tmp_path / "w2", workers=2, **kw)
+    for k in ("embeddings", "probs", "codes", "tokens"):
+        np.testing.assert_array_equal(one[k], two[k])
+    assert not cache_file(vla["run"], tiny_world, "test", tmp_path / "w1").with_name("test.shards").exists()
+    real, calls = encode_cache._encode_log, []
+
+    def dying(job):
+        calls.append(job.out)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(job)
+
+    monkeypatch.setattr(encode_cache, "_encode_log", dying)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_outputs(vla["run"], tiny_world, "test", cache_root=tmp_path / "w3", **kw)
+    calls.clear()
+    monkeypatch.setattr(encode_cache, "_encode_log", lambda job: (calls.append(job.out), real(job))[1])
+    again = teacher_outputs(vla["run"], tiny_world, "test", cache_root=tmp_path / "w3", **kw)
+    n_logs = len(SceneStore(tiny_world).tokens_by_log("test"))
+    assert len(calls) == n_logs - 1
+    for k in ("embeddings", "probs", "codes", "tokens"):
+        np.testing.assert_array_equal(again[k], one[k])

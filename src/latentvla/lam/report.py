@@ -10,6 +10,7 @@ probe_env_agents (the same to the nearest other agents' own motion, in the ego f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from latentvla.lam import metrics as M
 from latentvla.lam.configuration import LAMConfig
 from latentvla.lam.data import scene_windows, split_logs
 from latentvla.runtime.io import read_json, write_json
+from latentvla.runtime.parallel import parallel_map, progress_bar
 from latentvla.schema import global_to_local
 
 NEAREST_AGENTS = 3
@@ -67,14 +69,14 @@ def _shuffle_diagnostic(model, batch: list[tuple], seed: int) -> dict[str, float
     return {k: float(v) * len(ft) for k, v in model.shuffled_recon(ft, ftp, em, perm).items()}
 
 
-def scene_codes(store: SceneStore, cache, model, cfg: LAMConfig, split: str, batch: int = 512
-                ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(tokens, env codes (N, W, Q), ego codes (N, W, Q)) of the split's scenes, windows encoded in batches:
-    what labelling needs, without the report's reconstruction, probes and diagnostics."""
+def scene_codes(store: SceneStore, cache, model, cfg: LAMConfig, split: str, batch: int = 512,
+                tokens_subset: list[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(tokens, env codes (N, W, Q), ego codes (N, W, Q)) of the split's scenes (or of ``tokens_subset``),
+    windows encoded in batches: what labelling needs, without the report's reconstruction and diagnostics."""
     wf = cfg.window_frames
     model.eval()
     tokens, ft, ftp, em = [], [], [], []
-    for token in store.tokens(split):
+    for token in (store.tokens(split) if tokens_subset is None else tokens_subset):
         log, starts, mot = scene_windows(store, token, wf, cfg.windows)
         feats = cache.load_log(log)[0]
         s = np.asarray(starts)
@@ -147,25 +149,68 @@ def _open_cache(data: Path, cfg: LAMConfig, store: SceneStore, splits: tuple[str
     return FeatureCache.open(data, cfg.encoder, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
 
 
+@dataclass
+class _LabelJob:
+    run: str
+    data: str
+    features: str  # the feature cache directory
+    log: str
+    split: str
+    tokens: list[str]
+    out: str  # the shard file
+
+
+_RUNS: dict[str, tuple] = {}
+
+
+def _label_log(job: _LabelJob) -> tuple[str, int]:
+    """Label one log's scenes into its own shard (atomic): a killed labelling keeps its finished logs."""
+    from latentvla.data.store import process_store
+    from latentvla.lam.features import FeatureCache
+
+    if job.run not in _RUNS:
+        cfg, model = load_run(job.run)
+        _RUNS.clear()
+        _RUNS[job.run] = cfg, model, FeatureCache(Path(job.features), cfg.encoder)
+    cfg, model, cache = _RUNS[job.run]
+    tokens, env, ego = scene_codes(process_store(job.data), cache, model, cfg, job.split, tokens_subset=job.tokens)
+    rows = {tok: {"split": job.split, "ego": ego[i].ravel().tolist(), "env": env[i].ravel().tolist()}
+            for i, tok in enumerate(tokens)}
+    write_json(Path(job.out), rows)
+    return job.log, len(rows)
+
+
 def label(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = False,
           cache_root: str | Path | None = None) -> Path:
-    """Per-scene env and ego token ids for every split, in ``RUN/labels/<dataset>.json`` (a no-op when present)."""
+    """Per-scene env and ego token ids for every split, in ``RUN/labels/<dataset>.json`` (a no-op when present).
+    One job per log through the parallel map (local pool or Ray), each writing ``<dataset>.shards/<log>.json``
+    atomically; a rerun after a kill labels only the missing logs; the shards are merged in manifest order."""
+    import shutil
+
     from latentvla.data.store import dataset_digest
 
-    run, data = Path(run), Path(data)
-    out = run / "labels" / f"{dataset_digest(data)}.json"
+    run = Path(run)
+    digest = dataset_digest(data)
+    out = run / "labels" / f"{digest}.json"
     if out.is_file():
         return out
-    cfg, model = load_run(run)
+    cfg, _ = load_run(run)
     store = open_store(data, verify_blobs=False)
     cache = _open_cache(data, cfg, store, ("train", "val", "test"), workers, quiet, cache_root)
+    shards = run / "labels" / f"{digest}.shards"
+    jobs = [_LabelJob(str(run), str(data), str(cache.path), log, split, toks, str(shards / f"{log}.json"))
+            for split in ("train", "val", "test") for log, toks in store.tokens_by_log(split).items()]
+    todo = [j for j in jobs if not Path(j.out).is_file()]
+    with progress_bar(disable=quiet) as bar:
+        task = bar.add_task("labelling scenes (latent actions)", total=sum(len(j.tokens) for j in todo), rate="")
+        for _log, n in parallel_map(_label_log, todo, workers=workers):
+            bar.advance(task, n)
     labels = {}
-    for split in ("train", "val", "test"):
-        tokens, env, ego = scene_codes(store, cache, model, cfg, split)
-        for i, tok in enumerate(tokens):
-            labels[tok] = {"split": split, "ego": ego[i].ravel().tolist(), "env": env[i].ravel().tolist()}
+    for job in jobs:  # manifest order: splits, logs, scenes
+        labels.update(read_json(Path(job.out)))
     write_json(out, {"run_config": read_json(run / "run.json")["config_hash"], "window_s": cfg.window_s,
                      "windows": cfg.windows, "num_queries": cfg.model.num_queries, "scenes": labels})
+    shutil.rmtree(shards, ignore_errors=True)
     return out
 
 
