@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from interrupt import dies_on_call
 
 from latentvla.cli import app
 from latentvla.data.store import SceneStore
@@ -86,20 +87,13 @@ def test_label_is_sharded_by_log_and_resumes(lam_run, tiny_world, tmp_path, monk
         shutil.copytree(src, d, ignore=shutil.ignore_patterns("labels"))
     ref = lam_report.label(ref_run, tiny_world, quiet=True, cache_root=features).read_bytes()
     real, calls = lam_report._label_log, []
-
-    def dying(job):
-        calls.append(job.log)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        return real(job)
-
-    monkeypatch.setattr(lam_report, "_label_log", dying)
+    monkeypatch.setattr(lam_report, "_label_log", dies_on_call(real, 3, calls))
     with pytest.raises(KeyboardInterrupt):
         lam_report.label(run, tiny_world, quiet=True, cache_root=features)
     (shards,) = (run / "labels").glob("*.shards")
     assert len(list(shards.glob("*.json"))) == 2 and not list((run / "labels").glob("*.json"))
     calls.clear()
-    monkeypatch.setattr(lam_report, "_label_log", lambda job: (calls.append(job.log), real(job))[1])
+    monkeypatch.setattr(lam_report, "_label_log", dies_on_call(real, 0, calls))
     out = lam_report.label(run, tiny_world, quiet=True, cache_root=features)
     n_logs = len({log for s in ("train", "val", "test") for log in SceneStore(tiny_world).tokens_by_log(s)})
     assert len(calls) == n_logs - 2

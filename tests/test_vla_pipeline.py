@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from interrupt import dies_on_call
 
 from latentvla.cli import app
 from latentvla.data.store import SceneStore
@@ -154,18 +155,11 @@ def test_teacher_outputs_do_not_depend_on_workers_and_resume(vla, tiny_world, tm
         np.testing.assert_array_equal(one[k], two[k])
     assert not cache_file(vla["run"], tiny_world, "test", tmp_path / "w1").with_name("test.shards").exists()
     real, calls = encode_cache._encode_log, []
-
-    def dying(job):
-        calls.append(job.out)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real(job)
-
-    monkeypatch.setattr(encode_cache, "_encode_log", dying)
+    monkeypatch.setattr(encode_cache, "_encode_log", dies_on_call(real, 2, calls))
     with pytest.raises(KeyboardInterrupt):
         teacher_outputs(vla["run"], tiny_world, "test", cache_root=tmp_path / "w3", **kw)
     calls.clear()
-    monkeypatch.setattr(encode_cache, "_encode_log", lambda job: (calls.append(job.out), real(job))[1])
+    monkeypatch.setattr(encode_cache, "_encode_log", dies_on_call(real, 0, calls))
     again = teacher_outputs(vla["run"], tiny_world, "test", cache_root=tmp_path / "w3", **kw)
     n_logs = len(SceneStore(tiny_world).tokens_by_log("test"))
     assert len(calls) == n_logs - 1

@@ -89,10 +89,14 @@ def run_demo(out: Path, profile: str = "demo", scenes: int | None = None, worker
                "teacher": teacher, "table": None if table is None else str(out / "table.json"),
                "provenance": provenance({"manifest": world / "manifest.json"})}
     write_json(out / "demo.json", summary, indent=1)
+    from latentvla.report.build import build_report
+
+    report = build_report([out], out / "report.html", data=world)
     console.print(f"[green]world[/]    {world}  ({len(store)} scenes; `latentvla data verify {world}`)")
     console.print(f"[green]stats[/]    {out / 'world_stats.json'}, {out / 'world_stats.png'}")
     console.print(f"[green]gallery[/]  {gallery}/ ({len(written)} images, {GALLERY_PER_FAMILY} per family)")
     console.print(f"[green]scores[/]   {out / 'eval'}/ (per-scene CSV + summary per agent and metric)")
+    console.print(f"[green]report[/]   {report} (`latentvla report --runs {out} --out report.html`)")
     if planners:
         console.print(f"[green]planners[/] {out / 'planner'}/ (runs: `latentvla score --agent {out / 'planner' / 'ipad'}`)")
     if teacher:

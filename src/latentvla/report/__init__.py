@@ -1,0 +1,1 @@
+"""``latentvla report``: one self-contained HTML report of run directories and comparison tables."""
