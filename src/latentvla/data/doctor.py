@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from latentvla.data.navsim_source import OFFICIAL_SPLITS, NavsimSource, cache_home
+from latentvla.data.nuplan_gpkg import read_index
 from latentvla.data.store import DataError
-from latentvla.runtime.io import read_json
 
 ENV_VARS = ("OPENSCENE_DATA_ROOT", "NUPLAN_MAPS_ROOT", "NAVSIM_DEVKIT_ROOT", "NAVSIM_EXP_ROOT")
 
@@ -72,16 +72,16 @@ def diagnose(spec: str, check_sensors: bool = True, progress: Callable[[str], No
                                           f"{row['official_scenes']}")
         report["splits"].append(row)
     report["roles"] = roles
-    index = {}
+    index: dict = {}
     if src.maps_root is not None:
         try:
-            index = read_json(src.maps_root / "nuplan-maps-v1.0.json")
-        except ValueError as e:
+            index = read_index(src.maps_root)
+        except DataError as e:
             report["problems"].append(str(e))
     names = sorted({src._log(lg)["map_name"] for lg in src.index["logs"]}) if check_sensors else []
     for name in names:
         present = bool(src.maps_root) and (src.maps_root / name).is_dir()
-        report["maps"][name] = {"present": present, "in_index": name in str(index)}
+        report["maps"][name] = {"present": present, "in_index": name in index}
         if src.maps_root is not None and not present:
             report["problems"].append(f"map {name} (used by the logs) is not in {src.maps_root}")
     if check_sensors:

@@ -79,11 +79,15 @@ class SplitSpec:
     filter: dict
 
 
+def _devkit_splits() -> Path | None:
+    """The devkit's ``train_test_split`` config directory under $NAVSIM_DEVKIT_ROOT (None when unset)."""
+    root = os.environ.get("NAVSIM_DEVKIT_ROOT")
+    return Path(root).expanduser() / DEVKIT_FILTERS if root else None
+
+
 def _filter_dirs(root: Path) -> list[Path]:
-    dirs = [root / "scene_filters"]
-    if os.environ.get("NAVSIM_DEVKIT_ROOT"):
-        dirs.append(Path(os.environ["NAVSIM_DEVKIT_ROOT"]).expanduser() / DEVKIT_FILTERS / "scene_filter")
-    return dirs
+    devkit = _devkit_splits()
+    return [root / "scene_filters"] + ([devkit / "scene_filter"] if devkit else [])
 
 
 def _role(name: str) -> str:
@@ -103,10 +107,13 @@ def resolve_split(root: Path, name: str) -> SplitSpec:
             flt = yaml.safe_load(filter_path.read_text()) or {}
         except yaml.YAMLError as e:
             raise DataError(f"scene filter {filter_path} is not valid YAML ({e})") from None
+    if flt.get("max_scenes"):
+        raise DataError(f"scene filter {filter_path}: max_scenes={flt['max_scenes']} is not supported; remove it "
+                        f"from the filter")
     log_dir = str(flt.get("latentvla_log_dir") or "")
-    devkit_split = (Path(os.environ.get("NAVSIM_DEVKIT_ROOT", "/nonexistent")) / DEVKIT_FILTERS / f"{name}.yaml")
-    if not log_dir and devkit_split.is_file():
-        log_dir = str((yaml.safe_load(devkit_split.read_text()) or {}).get("data_split", ""))
+    devkit = _devkit_splits()
+    if not log_dir and devkit is not None and (devkit / f"{name}.yaml").is_file():
+        log_dir = str((yaml.safe_load((devkit / f"{name}.yaml").read_text()) or {}).get("data_split", ""))
     if not log_dir:
         log_dir = OFFICIAL_SPLITS[name][0] if name in OFFICIAL_SPLITS else name
     if not (root / "navsim_logs" / log_dir).is_dir():
@@ -264,13 +271,15 @@ class NavsimSource(SceneStore):
         old = read_json(index_path)["logs"] if index_path.is_file() else {}
         logs: dict[str, dict] = {}
         todo: list[tuple[SplitSpec, Path]] = []
+        seen: set[str] = set()
         for split in self.splits:
             wanted = set(split.filter.get("log_names") or [])
             for pkl in sorted((root / "navsim_logs" / split.log_dir).glob("*.pkl")):
                 if wanted and pkl.stem not in wanted:
                     continue
-                if pkl.stem in logs or any(p.stem == pkl.stem for _, p in todo):
+                if pkl.stem in seen:
                     raise DataError(f"log {pkl.stem} appears in two splits of '{self.spec}'")
+                seen.add(pkl.stem)
                 st = pkl.stat()
                 prev = old.get(pkl.stem)
                 if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns and \
@@ -294,8 +303,6 @@ class NavsimSource(SceneStore):
                                   "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(pkl), "frames": len(frames),
                                   "scenes": scenes}
                 bar.advance(task)
-        if max_scenes := [s.filter.get("max_scenes") for s in self.splits if s.filter.get("max_scenes")]:
-            raise DataError(f"scene filter max_scenes={max_scenes[0]} is not supported; remove it from the filter")
         index = {"format": INDEX_FORMAT, "spec": self.spec, "logs": dict(sorted(logs.items()))}
         if todo:
             write_json(index_path, index)
@@ -391,9 +398,6 @@ class NavsimSource(SceneStore):
         for log, e in self.index["logs"].items():
             h.update(f"{log}\0{e['sha256']}\0".encode())
         return h.hexdigest()[:16]
-
-    def cache_dir(self, name: str) -> Path:
-        return cache_home() / name
 
     def missing_sensor_files(self, progress=None) -> list[str]:
         """One line per sensor file a frame references but the disk lacks (the doctor's check)."""

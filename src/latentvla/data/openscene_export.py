@@ -26,7 +26,7 @@ import yaml
 
 from latentvla.data.navsim_source import CAMERA_KEYS, EXTRA
 from latentvla.data.pcd import encode_pcd
-from latentvla.data.store import DataError, SceneStore
+from latentvla.data.store import DataError, SceneStore, process_store
 from latentvla.runtime.io import atomic_write_bytes, atomic_write_text, load_npz
 from latentvla.runtime.parallel import parallel_map, progress_bar
 from latentvla.schema import command_one_hot
@@ -61,7 +61,7 @@ def _jpeg(png_or_jpg: bytes, quality: int, source: str) -> bytes:
     return buf.tobytes()
 
 
-def _frame_dict(store: SceneStore, log: str, meta: dict, k: int, ids: dict[str, str], sensors: dict) -> dict:
+def _frame_dict(log: str, meta: dict, k: int, ids: dict[str, str], sensors: dict) -> dict:
     fr = meta["frames"][k]
     e = fr["ego"]
     x, y, h = (float(v) for v in e["pose"])
@@ -93,7 +93,7 @@ def _frame_dict(store: SceneStore, log: str, meta: dict, k: int, ids: dict[str, 
 
 def _export_log(job: _LogJob) -> tuple[str, list[str]]:
     """Write one log's sensor files, then its pickle; returns (log, its scene tokens)."""
-    store = SceneStore(job.data, verify_blobs=True, cache_logs=1)
+    store = process_store(job.data)  # one checksum-verifying store per process, not one per log
     out = Path(job.out)
     meta = store._log(job.log)
     tokens = [sc["token"] for sc in meta["scenes"]]
@@ -126,7 +126,7 @@ def _export_log(job: _LogJob) -> tuple[str, list[str]]:
                 "distortion": np.zeros(5),
                 EXTRA + "width": int(spec["width"]), EXTRA + "height": int(spec["height"]),
             }
-        frames.append(_frame_dict(store, job.log, meta, k, ids, sensors))
+        frames.append(_frame_dict(job.log, meta, k, ids, sensors))
     atomic_write_bytes(pkl, pickle.dumps(frames, protocol=4))
     return job.log, tokens
 

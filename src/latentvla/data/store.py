@@ -282,10 +282,6 @@ class SceneStore:
             h.update(log.encode() + b"\0" + sums.read_bytes())
         return h.hexdigest()[:16]
 
-    def cache_dir(self, name: str) -> Path:
-        """Default home of a derived cache (metric_cache, planner_cache, ...): next to the dataset."""
-        return self.root / name
-
 
 def open_store(data: str | Path, verify_blobs: bool = True, cache_logs: int = 32) -> SceneStore:
     """The scene source behind ``--data``: a generated dataset directory, or ``navsim:SPLIT[,SPLIT]`` for
@@ -312,7 +308,9 @@ def default_cache_dir(data: str | Path, name: str) -> Path:
 
 def data_label(data: str | Path) -> str:
     """A short human name of ``--data`` for cache metadata and logs."""
-    return str(data) if str(data).startswith("navsim:") else Path(data).name
+    from latentvla.data.navsim_source import is_navsim_spec
+
+    return str(data) if is_navsim_spec(data) else Path(data).name
 
 
 _PROCESS_STORES: dict[str, SceneStore] = {}

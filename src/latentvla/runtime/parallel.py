@@ -58,22 +58,9 @@ def one_blas_thread():
     """Limit the loaded BLAS libraries to one thread (returned handle: ``.restore()`` or use as a context manager).
     BLAS results depend on its thread count in the last bits, so inline jobs (``workers=1``) run like the pool's
     workers: this is what makes results independent of ``workers``."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return _NoLimit()
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(1, user_api="blas")
-
-
-class _NoLimit:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def restore(self) -> None:
-        pass
 
 
 def compute_threads(_item: object = None) -> dict[str, int]:
@@ -81,11 +68,9 @@ def compute_threads(_item: object = None) -> dict[str, int]:
     diagnostic of ``pin_threads``; takes an ignored item so it can be mapped)."""
     import sys
 
-    out = {"torch": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else 0, "blas": 0}
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:  # pragma: no cover
-        return out
+    from threadpoolctl import threadpool_info
+
+    out = {"torch": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else 0}
     out["blas"] = max([lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"], default=0)
     return out
 
@@ -125,6 +110,13 @@ def current_backend() -> tuple[str, str | None]:
     return ("ray", address) if address else ("local", None)
 
 
+def _address(name: str, address: str | None) -> str | None:
+    """The Ray address a backend runs on (``auto`` unless given; None for ``local``); unknown names refused."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown parallel backend '{name}'; valid: {list(BACKENDS)}")
+    return (address or "auto") if name == "ray" else None
+
+
 @contextmanager
 def use_backend(name: str = "local", address: str | None = None) -> Iterator[None]:
     """Run ``parallel_map`` calls of this block on ``name`` (``local`` | ``ray``; ``address``: ``auto`` or a Ray
@@ -132,9 +124,7 @@ def use_backend(name: str = "local", address: str | None = None) -> Iterator[Non
     cluster started inside the block is shut down when it exits."""
     from latentvla.runtime import ray_backend
 
-    if name not in BACKENDS:
-        raise ValueError(f"unknown parallel backend '{name}'; valid: {list(BACKENDS)}")
-    address = (address or "auto") if name == "ray" else None
+    address = _address(name, address)
     before_env = os.environ.get(ray_backend.ENV_VAR)
     owned_before = ray_backend.owns_cluster()
     if address:
@@ -165,10 +155,7 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, bac
         raise ValueError(f"workers must be >= 1, got {workers}")
     name, address = current_backend()
     if backend is not None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown parallel backend '{backend}'; valid: {list(BACKENDS)}")
-        address = (address or "auto") if backend == "ray" else None
-        name = backend
+        name, address = backend, _address(backend, address)
     if workers == 1 or len(items) <= 1:
         for item in items:
             with one_blas_thread():  # as in a worker (not while the caller handles the result)
