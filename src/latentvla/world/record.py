@@ -54,7 +54,7 @@ def token(*parts: object) -> str:
     return hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-def _boxes_for_render(sim: Simulator) -> list[dict]:
+def boxes_for_render(sim: Simulator) -> list[dict]:
     out = []
     for a in sim.agents[1:]:
         if a.active:
@@ -123,7 +123,7 @@ def _simulate(plan: LogPlan, cfg: WorldConfig, attempt: int) -> tuple[families.S
     groups = sorted({ln.traffic_light_id for ln in setup.map.lanes.values() if ln.traffic_light_id})
     for f in range(plan.frames):
         snapshots.append(sim.snapshot())
-        records.append((observe(sim, plan.name, cfg.annotation_radius), _boxes_for_render(sim),
+        records.append((observe(sim, plan.name, cfg.annotation_radius), boxes_for_render(sim),
                         {g: sim.light(g) for g in groups}, sim.ego_rear_axle()))
         if f == plan.frames - 1:
             break

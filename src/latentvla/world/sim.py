@@ -105,6 +105,15 @@ class Simulator:
             self._conflicts[key] = None if inter.is_empty else np.asarray(inter.centroid.coords[0])
         return self._conflicts[key]
 
+    # --- hooks for closed-loop evaluation (``latentvla.closedloop``); the generator uses these defaults -----
+    def external(self, agent: Agent) -> bool:
+        """True for an agent moved from outside the simulator (a closed-loop ego): no IDM acceleration here."""
+        return False
+
+    def pedestrian_waits(self, agent: Agent, arr: dict) -> bool:
+        """True when a walking pedestrian holds still this step (reactive pedestrians in closed loop)."""
+        return False
+
     # --- perception helpers ------------------------------------------------------------------------------
     def _arrays(self) -> dict:
         act = [a for a in self.agents if a.active]
@@ -281,14 +290,15 @@ class Simulator:
         self._update_behaviours(arr)  # lane changes start at the current s: poses, hence arr, are unchanged
         accel = {}
         for agent in arr["agents"]:
-            if agent.kind in MOVING_KINDS and not agent.static:
+            if agent.kind in MOVING_KINDS and not agent.static and not self.external(agent):
                 accel[agent.id] = self._accel(agent, arr)
         for agent in arr["agents"]:
             if agent.static:
                 agent.v, agent.a = 0.0, 0.0
             elif agent.kind == "pedestrian":
                 b = agent.behavior
-                moving = b.get("started", False) and agent.s < self.path(agent).line.length
+                moving = (b.get("started", False) and agent.s < self.path(agent).line.length
+                          and not self.pedestrian_waits(agent, arr))
                 agent.v = float(b.get("speed", 1.3)) if moving else 0.0
                 agent.s = min(agent.s + agent.v * DT, self.path(agent).line.length)
             elif agent.id in accel:
