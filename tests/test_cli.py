@@ -104,12 +104,14 @@ def test_demo_quick(runner, tmp_path):
     assert [r["model"] for r in table["rows"]] == list(MODELS) and "full-ipad" in table["paired"]
     ipad = next(r for r in table["rows"] if r["model"] == "ipad")
     assert ipad["pdms"] == pytest.approx(summary["scores"]["ipad"]["pdms-v1.1"], abs=1e-9)
-    # the report of the quick demo: parses, every image decodes, no external URL, closed loop said not run
+    # every row that can drive also drove in closed loop (pdm-closed cannot: privileged inputs)
+    assert all((r["closed_loop_score"] is None) == (r["model"] == "pdm-closed") for r in table["rows"])
+    # the report of the quick demo: parses, every image decodes, no external URL, closed loop beside open loop
     from latentvla.report.check import check_report
 
     assert check_report(out / "report.html") == []
     html = (out / "report.html").read_text()
-    assert "not run: closed-loop evaluation is not built yet" in html and 'id="gallery-distilled"' in html
+    assert "Open loop vs closed loop" in html and "Spearman" in html and 'id="gallery-distilled"' in html
     # Running it again resumes (nothing regenerated or retrained) and succeeds.
     weights = [(out / p).stat().st_mtime_ns for p in ("planner/ipad/model.safetensors", "lam/model.safetensors",
                                                        "vla/teacher/model.safetensors")]

@@ -17,7 +17,8 @@ from latentvla.experiment.stats import CSV_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROW_KEYS = {"model", "nc", "dac", "ttc", "c", "ep", "pdms", "pdms_std", "epdms", "params", "latency_ms", "by_family"}
+ROW_KEYS = {"model", "nc", "dac", "ttc", "c", "ep", "pdms", "pdms_std", "epdms", "params", "latency_ms", "by_family",
+            "closed_loop_score", "red_light_violations"}
 PAIRS = {"full-ipad", "distilled-ipad", "full-distilled", "ipad-aux-ipad", "ipad-wide-ipad"}
 
 
@@ -51,6 +52,13 @@ def test_table_contract(table, tiny_store):
     rows = {r["model"]: r for r in doc["rows"]}
     assert rows["log-replay"]["pdms"] > rows["constant-velocity"]["pdms"] > 0.3  # the references make sense
     assert rows["log-replay"]["latency_ms"] is None and rows["ipad"]["latency_ms"] > 0
+    # closed loop (quick: 4 scenes x 4 s, reactive): every row that drives; log replay is the world's expert
+    assert rows["pdm-closed"]["closed_loop_score"] is None
+    assert rows["log-replay"]["closed_loop_score"] > rows["constant-velocity"]["closed_loop_score"] - 1e-9
+    for m, r in rows.items():
+        if m != "pdm-closed":
+            cl = json.loads((out / "closed_loop" / f"{m}.json").read_text())
+            assert r["closed_loop_score"] == pytest.approx(cl["mean"]["closed_loop_score"]) and cl["scenes"] == 4
     # the full model carries its teacher (parameters and generation time); the student does not
     assert rows["full"]["params"] > rows["ipad"]["params"] + rows["teacher"]["params"] * 0.9
     assert rows["full"]["latency_ms"] > rows["distilled"]["latency_ms"]

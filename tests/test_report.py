@@ -3,7 +3,8 @@ teacher) plus a small comparison table scored here (constant velocity, the teach
 with it and its distilled student, log replay). Checked: the HTML parses with every element closed,
 every embedded image decodes, nothing outside the file is referenced, the comparison table comes first, every
 section is there in the issue's order, the gallery shows each model's worst scenes with the scorer's reasons, and
-closed loop says "not run" unless a closed_loop*.json is given. A headless-Chromium screenshot of the first screen
+the closed-loop section sets open-loop PDMS beside the closed-loop score (from the table's closed-loop columns) and
+shows closed-loop result files, or says "not run". A headless-Chromium screenshot of the first screen
 runs where Chromium is installed."""
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import numpy as np
 import pytest
 
 from latentvla.report.check import check_report, parse_report
+from latentvla.report.closed_loop import CLOSED_LOOP_NOT_RUN
 from latentvla.report.html import SECTIONS
-from latentvla.report.sections import CLOSED_LOOP_NOT_RUN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,9 +144,20 @@ def test_sections_show_the_runs_artifacts(experiment):
     assert "host: transfuser" in body["provenance"]  # the configs themselves
 
 
-def test_closed_loop_says_not_run(experiment):
+def test_closed_loop_beside_open_loop(experiment):
+    """Every row that can drive has closed-loop cells (log replay as the world's expert), pdm-closed has none; the
+    report ranks the models both ways and says whether the orderings agree."""
     closed = sections(experiment["report"].read_text())["closed-loop"]
-    assert CLOSED_LOOP_NOT_RUN in closed and "<table" not in closed
+    rows = {r["model"]: r for r in experiment["table"]["rows"]}
+    for model in MODELS:
+        assert rows[model]["closed_loop_score"] is not None and rows[model]["red_light_violations"] is not None
+        assert f"<tr><td>{model}</td><td>{rows[model]['pdms']:.3f}</td><td>{rows[model]['closed_loop_score']:.3f}" \
+            in closed
+        assert (experiment["out"] / "closed_loop" / f"{model}.json").is_file()
+    assert rows["log-replay"]["closed_loop_score"] > 0.9  # the expert drives its own world safely
+    assert "Spearman" in closed and ("agree on the ordering" in closed or "disagree" in closed)
+    assert closed.count("closed_loop/") == len(MODELS)  # one per-family table per model's result file
+    assert CLOSED_LOOP_NOT_RUN not in closed
 
 
 def test_gallery_worst_scenes_with_trajectories_and_reasons(experiment):
@@ -172,14 +184,18 @@ def test_closed_loop_results_and_missing_artifacts(experiment, tmp_path):
 
     loop = tmp_path / "loop"
     loop.mkdir()
-    (loop / "closed_loop_test.json").write_text(json.dumps({"mean": {"score": 0.625},
-                                                            "by_family": {"cruise": 0.5, "merge": 0.75}}))
+    doc = json.loads((experiment["out"] / "closed_loop" / "constant-velocity.json").read_text())
+    doc["by_family"]["merge"] = {**doc["mean"], "scenes": 3, "closed_loop_score": 0.625}
+    (loop / "closed_loop_test.json").write_text(json.dumps(doc))
     report = build_report([loop, experiment["out"] / "planner" / "transfuser-full"], tmp_path / "r.html",
                           explain=False)
     assert check_report(report) == []
     body = sections(report.read_text())
-    assert "score 0.625" in body["closed-loop"] and "<td>merge</td><td>0.750</td>" in body["closed-loop"]
+    assert "<td>merge</td><td>3</td><td>0.625</td>" in body["closed-loop"]
+    assert "agent constant-velocity, reactive" in body["closed-loop"]
     assert CLOSED_LOOP_NOT_RUN not in body["closed-loop"]
+    alone = build_report([experiment["out"] / "planner" / "transfuser-full"], tmp_path / "alone.html", explain=False)
+    assert CLOSED_LOOP_NOT_RUN in sections(alone.read_text())["closed-loop"]
     for sid in ("comparison", "families", "latency", "lam", "teacher", "gallery"):
         assert "not available: " in body[sid], sid
     assert "transfuser-full" in body["training"] and "transfuser-full" in body["provenance"]

@@ -470,6 +470,9 @@ _ExpCache = typer.Option(None, "--cache-dir", help="Planner cache root (default 
 _ExpMetricCache = typer.Option(None, "--metric-cache-dir", help="Metric cache root.")
 _ExpLamCache = typer.Option(None, "--lam-cache-dir", help="LAM feature cache root.")
 _ExpQuiet = typer.Option(False, "--quiet", help="No progress bars.")
+_ExpClosedLoop = typer.Option(None, "--closed-loop-scenes", min=0,
+                              help="Test scenes each row drives in closed loop (reactive; default per profile: quick "
+                                   "4 x 4 s, demo 50 x 15 s, full 200 x 15 s; 0: no closed-loop columns).")
 
 
 @experiment_app.command("table")
@@ -488,20 +491,23 @@ def experiment_table_cmd(
     metric_cache_dir: Path | None = _ExpMetricCache,
     lam_cache_dir: Path | None = _ExpLamCache,
     quiet: bool = _ExpQuiet,
+    closed_loop_scenes: int | None = _ExpClosedLoop,
 ) -> None:
-    """Train what is missing (finished runs are reused), score on the test split, write OUT/table.csv/json."""
+    """Train what is missing (finished runs are reused), score on the test split (open loop, then closed loop on a
+    family-balanced subset), write OUT/table.csv/json."""
     from latentvla.experiment.runs import MODELS
     from latentvla.experiment.table import experiment_table
 
     plan = _experiment_plan(data, out, profile, seeds, workers, quiet, set_, cache_dir, metric_cache_dir,
-                            lam_cache_dir)
+                            lam_cache_dir, closed_loop_scenes)
     chosen = tuple(m.strip() for m in models.split(",")) if models else MODELS
     table = experiment_table(plan, chosen, threads=threads, console=console)
     console.print(f"[green]wrote[/] {out / 'table.csv'}, {out / 'table.json'} ({table['scenes']} test scenes, "
                   f"{table['seeds']} seed(s))")
 
 
-def _experiment_plan(data, out, profile, seeds, workers, quiet, set_, cache_dir, metric_cache_dir, lam_cache_dir):
+def _experiment_plan(data, out, profile, seeds, workers, quiet, set_, cache_dir, metric_cache_dir, lam_cache_dir,
+                     closed_loop_scenes=None):
     from latentvla.experiment.runs import Plan
 
     overrides: dict[str, list[str]] = {}
@@ -511,7 +517,7 @@ def _experiment_plan(data, out, profile, seeds, workers, quiet, set_, cache_dir,
             raise ValueError(f"--set {item!r}: expected STAGE:KEY=VALUE with STAGE lam, vla or planner")
         overrides.setdefault(stage, []).append(kv)
     return Plan(data, out, profile, seeds, workers or _default_workers(), quiet, cache_dir, metric_cache_dir,
-                lam_cache_dir, overrides)
+                lam_cache_dir, overrides, closed_loop_scenes)
 
 
 @experiment_app.command("ablations")
@@ -533,12 +539,13 @@ def experiment_ablations_cmd(
     metric_cache_dir: Path | None = _ExpMetricCache,
     lam_cache_dir: Path | None = _ExpLamCache,
     quiet: bool = _ExpQuiet,
+    closed_loop_scenes: int | None = _ExpClosedLoop,
 ) -> None:
     """Single-stage latents, codebook size, each distillation term, blind teacher: OUT/ablations.csv/json."""
     from latentvla.experiment.ablations import ABLATIONS, experiment_ablations
 
     plan = _experiment_plan(data, out, profile, seeds, workers, quiet, set_, cache_dir, metric_cache_dir,
-                            lam_cache_dir)
+                            lam_cache_dir, closed_loop_scenes)
     names = tuple(n.strip() for n in only.split(",")) if only else ABLATIONS
     table = experiment_ablations(plan, names, threads=threads, console=console)
     console.print(f"[green]wrote[/] {out / 'ablations.csv'}, {out / 'ablations.json'} ({table['scenes']} test scenes, "

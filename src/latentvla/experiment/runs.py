@@ -56,6 +56,7 @@ class Plan:
     metric_cache_root: Path | None = None
     lam_cache_root: Path | None = None
     overrides: dict[str, list[str]] = field(default_factory=dict)  # stage -> dotted overrides (tests, studies)
+    closed_loop_scenes: int | None = None  # closed-loop scenes per row (None: the profile's; 0: no closed loop)
 
     def planner_run(self, model: str, seed: int) -> Path:
         return self.out / "planner" / (model if seed == 0 else f"{model}.seed{seed}")

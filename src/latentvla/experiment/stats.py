@@ -31,7 +31,8 @@ PAIRS: dict[str, tuple[str, str]] = {
     "ipad-wide-ipad": ("ipad-wide", "ipad"),
 }
 RECOVERY = ("full", "distilled", "ipad")
-CSV_COLUMNS = ("model", "nc", "dac", "ttc", "c", "ep", "pdms", "epdms", "params", "latency_ms")
+CSV_COLUMNS = ("model", "nc", "dac", "ttc", "c", "ep", "pdms", "epdms", "params", "latency_ms", "closed_loop_score",
+               "red_light_violations")
 BOOT_CHUNK_ELEMENTS = 1 << 22  # resampled indices held at once (~32 MB of int64), whatever n_boot and N are
 
 
@@ -136,13 +137,14 @@ def recovery(full: float, distilled: float, host: float) -> float | None:
 
 
 def model_row(model: str, rows_by_seed: list[list[dict]], params: int, latency_ms: float | None,
-              epdms_rows_by_seed: list[list[dict]] | None = None) -> dict:
+              epdms_rows_by_seed: list[list[dict]] | None = None, closed_loop: dict | None = None) -> dict:
     """One table row: means over seeds of per-seed means over scenes.
 
     An invalid scene counts as 0 on *every* sub-score (nc, dac, ttc, c, ep and pdms), as NAVSIM scores a failed
     agent. ``pdms_std`` is the sample standard deviation (ddof=1) of the per-seed mean PDMS (0.0 for one seed);
     ``epdms`` is the mean EPDMS over seeds (invalid -> 0) or None; ``by_family`` maps each family (sorted) to
-    its mean PDMS over seeds and that family's scenes.
+    its mean PDMS over seeds and that family's scenes. ``closed_loop_score`` and ``red_light_violations`` are the
+    closed-loop means of the row (None when it was not run).
     """
     tokens, pdms = scene_matrix(rows_by_seed, "pdms")
     row: dict = {"model": model}
@@ -162,6 +164,9 @@ def model_row(model: str, rows_by_seed: list[list[dict]], params: int, latency_m
     row["latency_ms"] = None if latency_ms is None else float(latency_ms)
     families = np.array([r["family"] for r in rows_by_seed[0]])
     row["by_family"] = {str(f): float(pdms[:, families == f].mean()) for f in sorted(set(families.tolist()))}
+    for key in ("closed_loop_score", "red_light_violations"):
+        v = None if closed_loop is None else closed_loop.get(key)
+        row[key] = None if v is None else float(v)
     return row
 
 
@@ -197,7 +202,7 @@ def build_table(models: dict[str, dict], pairs: dict[str, tuple[str, str]] = PAI
         if mat.shape[0] not in (1, seeds):
             raise ValueError(f"model '{name}' has {mat.shape[0]} seeds, others {seeds}; only single-seed "
                              "reference models may differ")
-    rows = [model_row(name, m["rows"], m["params"], m.get("latency_ms"), m.get("epdms_rows"))
+    rows = [model_row(name, m["rows"], m["params"], m.get("latency_ms"), m.get("epdms_rows"), m.get("closed_loop"))
             for name, m in models.items()]
     paired: dict[str, list[float]] = {}
     missing: list[str] = []
@@ -256,13 +261,15 @@ def render_tables(table: dict) -> tuple[Table, Table]:
     """(main table with the paired differences and recovery in its caption, per-family PDMS table)."""
     main = Table(title=f"{table['metric']} on '{table['split']}': {table['scenes']} scenes x {table['seeds']} "
                        "seed(s); invalid scenes count 0")
-    for col in ("model", "NC", "DAC", "TTC", "C", "EP", "PDMS ± std", "EPDMS", "params", "latency ms"):
+    for col in ("model", "NC", "DAC", "TTC", "C", "EP", "PDMS ± std", "EPDMS", "params", "latency ms", "CL score",
+                "red lights"):
         main.add_column(col, justify="left" if col == "model" else "right")
     for r in table["rows"]:
         lat = r["latency_ms"]
         main.add_row(r["model"], *(_f3(r[k]) for k in ("nc", "dac", "ttc", "c", "ep")),
                      f"{r['pdms']:.3f} ± {r['pdms_std']:.3f}", _f3(r["epdms"]), human_count(r["params"]),
-                     "-" if lat is None else f"{lat:.1f}")
+                     "-" if lat is None else f"{lat:.1f}", _f3(r.get("closed_loop_score")),
+                     "-" if r.get("red_light_violations") is None else f"{r['red_light_violations']:.2f}")
     parts = [f"{name} {m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for name, (m, lo, hi) in table["paired"].items()]
     rec = table["recovery"]
     caption = "paired PDMS difference, 95% bootstrap CI over scenes: " + ("; ".join(parts) or "none")

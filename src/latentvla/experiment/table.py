@@ -6,6 +6,12 @@ the network's: batch 1 on precomputed sensor features of one test scene (the fro
 for every learned row, is not timed), warm-up then the median of ``repeats`` calls, all rows in one process
 with one torch thread setting, timed round-robin across rows after all scoring; ``full`` and ``teacher`` include the teacher's token generation.
 Reference rows (``pdm-closed``, ``log-replay``) read privileged scene data, so they have no latency.
+
+Closed loop (``closed_loop_score``, ``red_light_violations``): the first seed of every row that can drive is rolled
+out in the reactive world (``latentvla eval closed-loop``) on a family-balanced subset of the test split
+(``CLOSED_LOOP`` per profile, ``--closed-loop-scenes``), cached in ``OUT/closed_loop/<model>.json`` by weights key.
+``log-replay`` drives as the world's expert (the log's own driver); ``pdm-closed`` needs the scorer's privileged
+inputs, which a closed-loop world state has none of, so its cells stay empty.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from latentvla.experiment.stats import build_table, render_tables, write_table
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.parallel import torch_threads
 
+CLOSED_LOOP = {"quick": (4, 4.0), "demo": (50, 15.0), "full": (200, 15.0)}  # profile -> (scenes, seconds)
+CLOSED_LOOP_KEYS = ("closed_loop_score", "red_light_violations")
 LATENCY_REPEATS = 50
 LATENCY_WARMUP = 5
 
@@ -60,6 +68,30 @@ def score_rows(plan: Plan, model: str, seed: int, run: Path | None, console: Con
     write_json(path, {"key": key, **out})
     console.print(f"{model} (seed {seed}): PDMS {np.mean([r['pdms'] if r['valid'] else 0 for r in out['pdms']]):.4f}")
     return out
+
+
+def closed_loop_cells(plan: Plan, model: str, run: Path | None, console: Console) -> dict | None:
+    """The row's closed-loop mean (``CLOSED_LOOP_KEYS`` and the rest), reused when already run; None where the
+    model cannot drive in closed loop or closed loop is off."""
+    from latentvla.closedloop.runner import evaluate_closed_loop
+
+    scenes, seconds = CLOSED_LOOP.get(plan.profile, CLOSED_LOOP["demo"])
+    scenes = scenes if plan.closed_loop_scenes is None else plan.closed_loop_scenes
+    if not scenes or model == "pdm-closed":
+        return None
+    spec = "expert" if model == "log-replay" else (model if run is None else str(run))
+    path = plan.out / "closed_loop" / f"{model}.json"
+    key = f"{weights_key(run, model)}|{scenes}|{seconds}"
+    if path.is_file():
+        doc = read_json(path)
+        if doc.get("key") == key:
+            return doc["mean"]
+    result = evaluate_closed_loop(plan.data, spec, None, reactive=True, seconds=seconds, scenes=scenes,
+                                  workers=plan.workers, quiet=plan.quiet)
+    write_json(path, {"key": key, **result}, indent=1)
+    console.print(f"{model}: closed_loop_score {result['mean']['closed_loop_score']:.4f} ({result['scenes']} scenes "
+                  f"x {seconds:g} s, reactive)")
+    return result["mean"]
 
 
 def _plain(v):
@@ -125,7 +157,7 @@ def score_models(plan: Plan, by_model: dict[str, dict[int, Path | None]], thread
         scored = [score_rows(plan, model, s, run, console) for s, run in sorted(runs.items())]
         params, fns[model] = latency_fn(plan, model, runs[min(runs)], token)
         out[model] = {"rows": [s["pdms"] for s in scored], "epdms_rows": [s["epdms"] for s in scored],
-                      "params": params}
+                      "params": params, "closed_loop": closed_loop_cells(plan, model, runs[min(runs)], console)}
     ms = latencies_ms(fns, threads)
     for model in out:
         out[model]["latency_ms"] = ms.get(model)

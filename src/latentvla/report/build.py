@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from latentvla.report import sections as S
+from latentvla.report.closed_loop import closed_loop_section
 from latentvla.report.collect import collect, resolve_data
 from latentvla.report.gallery import gallery_section
 from latentvla.report.html import page
@@ -41,7 +42,7 @@ def build_report(runs: list[Path], out: Path, explain: bool = True, worst: int =
         "teacher": S.teacher_section(arts),
         "gallery": gallery_section(arts, worst=worst, explain=explain, metric_cache_root=metric_cache_root,
                                    planner_cache_root=planner_cache_root, models=models),
-        "closed-loop": S.closed_loop_section(arts),
+        "closed-loop": closed_loop_section(arts),
         "provenance": S.provenance_section(arts),
     }
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

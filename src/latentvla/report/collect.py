@@ -169,7 +169,8 @@ def collect(paths: list[Path]) -> Artifacts:
         if table.table is not None or table.ablations is not None or table.demo is not None:
             arts.tables.append(table)
         arts.summaries += find_summaries(root)
-        for p in [*sorted(root.glob(CLOSED_LOOP_GLOB)), *sorted(root.glob(f"*/{CLOSED_LOOP_GLOB}"))]:
+        for p in [*sorted(root.glob(CLOSED_LOOP_GLOB)), *sorted(root.glob(f"*/{CLOSED_LOOP_GLOB}")),
+                  *sorted(root.glob("closed_loop/*.json"))]:  # `latentvla experiment table`'s per-model results
             arts.closed_loop.append((p, _read(p)))
         after = (len(arts.runs), len(arts.tables), len(arts.summaries), len(arts.closed_loop))
         if after == before and not known:

@@ -11,7 +11,6 @@ from latentvla.report.collect import Artifacts, Run, TableDir, pretty_json
 from latentvla.report.html import Raw, cap, details, esc, h3, img, na, num, p, pre, table
 
 REFERENCE_MODELS = ("pdm-closed", "log-replay")
-CLOSED_LOOP_NOT_RUN = "not run: closed-loop evaluation is not built yet"
 NO_CURVES = ("per-step / per-epoch curves: the trainers run Lightning with logger=False and keep only the final "
              "numbers in each run's metrics.json, shown below per stage (a Lightning CSVLogger metrics.csv inside a "
              "run directory would be drawn here)")
@@ -237,28 +236,6 @@ def teacher_section(arts: Artifacts) -> str:
     if missing:
         out.append(na(f"not evaluated: {', '.join(missing)} (`latentvla vla eval --run RUN --data DATA` writes "
                       f"by_family into RUN/metrics.json)"))
-    return "".join(out)
-
-
-# --- closed loop -----------------------------------------------------------------------------------------------
-def _value_cells(v) -> str:
-    if isinstance(v, dict):
-        return ", ".join(f"{k} {num(x) if not isinstance(x, dict) else pretty_json(x)}" for k, x in v.items())
-    return num(v)
-
-
-def closed_loop_section(arts: Artifacts) -> str:
-    if not arts.closed_loop:
-        return p(CLOSED_LOOP_NOT_RUN, "na")
-    out = []
-    for path, doc in arts.closed_loop:
-        out.append(h3(str(path)))
-        out.append(p(f"mean: {_value_cells(doc.get('mean'))}" if "mean" in doc else f"{path} has no 'mean'"))
-        fam = doc.get("by_family")
-        if isinstance(fam, dict) and fam:
-            out.append(table(("family", "value"), [(f, _value_cells(v)) for f, v in fam.items()]))
-        else:
-            out.append(na(f"{path} has no by_family"))
     return "".join(out)
 
 
