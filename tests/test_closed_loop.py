@@ -236,3 +236,26 @@ def test_clear_errors(tiny_world, runner, tmp_path, args, message):
     r = runner.invoke(app, ["eval", "closed-loop", "--data", str(tiny_world), "--out", str(tmp_path / "x.json"),
                             "--quiet", *args])
     assert r.exit_code != 0 and message in r.output, r.output
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".mp4"])
+def test_viz_rollout_writes_a_video(tiny_world, tiny_store, runner, tmp_path, suffix):
+    import cv2
+    from PIL import Image
+
+    token = tiny_store.tokens("test")[3]
+    out = tmp_path / f"rollout{suffix}"
+    r = runner.invoke(app, ["viz", "rollout", "--data", str(tiny_world), "--agent", "constant-velocity", "--scene",
+                            token, "--out", str(out), "--seconds", "4", "--every", "10"])
+    assert r.exit_code == 0, r.output
+    assert "5 frames" in r.output and "closed_loop_score" in r.output
+    if suffix == ".gif":
+        with Image.open(out) as im:
+            assert im.n_frames == 5 and im.size[0] > im.size[1]  # BEV beside the camera
+    else:
+        cap = cv2.VideoCapture(str(out))
+        ok, frame = cap.read()
+        assert ok and frame.shape[1] > frame.shape[0] and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    bad = runner.invoke(app, ["viz", "rollout", "--data", str(tiny_world), "--agent", "expert", "--scene", token,
+                              "--out", str(tmp_path / "x.avi")])
+    assert bad.exit_code != 0 and ".gif or .mp4" in bad.output

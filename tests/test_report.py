@@ -132,7 +132,9 @@ def test_comparison_table_first_then_every_section_in_order(experiment):
 
 def test_sections_show_the_runs_artifacts(experiment):
     body = sections(experiment["report"].read_text())
-    assert "per-epoch curves" in body["training"] and "planner/transfuser-full" in body["training"]
+    # every trainer logs its curves (RUN/curves/<stage>/metrics.csv), drawn per run
+    assert "curves/planner/metrics.csv" in body["training"] and "planner/transfuser-full" in body["training"]
+    assert "curves/teacher/metrics.csv" in body["training"] and "curves/stage2/metrics.csv" in body["training"]
     assert "vla/teacher" in body["training"] and "lam" in body["training"]
     # LAM figures drawn from the label store (no `lam report` ran): usage histogram + one strip per codebook
     assert body["lam"].count("<img") == 3 and "label store" in body["lam"]
@@ -202,11 +204,14 @@ def test_closed_loop_results_and_missing_artifacts(experiment, tmp_path):
 
 
 def test_training_curves_from_a_csv_logger_file(experiment, tmp_path):
-    """No trainer logs curves yet; a Lightning CSVLogger metrics.csv inside a run directory is drawn when present."""
+    """Any Lightning CSVLogger metrics.csv inside a run directory is drawn (here a hand-written one replaces the
+    run's own curves); a run without one says so."""
     from latentvla.report.build import build_report
 
     run = tmp_path / "transfuser-full"
-    shutil.copytree(experiment["out"] / "planner" / "transfuser-full", run)
+    shutil.copytree(experiment["out"] / "planner" / "transfuser-full", run, ignore=shutil.ignore_patterns("curves"))
+    bare = build_report([run], tmp_path / "bare.html")
+    assert "not available: per-step / per-epoch curves" in sections(bare.read_text())["training"]
     (run / "logs").mkdir()
     (run / "logs" / "metrics.csv").write_text("epoch,step,train/loss,val/ade\n0,0,5.0,\n0,1,4.0,\n0,1,,3.0\n"
                                               "1,3,3.0,\n1,3,,2.5\n")

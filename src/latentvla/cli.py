@@ -25,6 +25,7 @@ from latentvla.cli_common import (
 from latentvla.data.data_cli import data_app
 from latentvla.eval.eval_cli import eval_app
 from latentvla.report.cli import report_command
+from latentvla.viz.viz_cli import viz_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LatentVLA: latent-action VLA driving, end to end.")
 world_app = typer.Typer(no_args_is_help=True, help="The embedded procedural driving world.")
@@ -32,6 +33,7 @@ world_app = typer.Typer(no_args_is_help=True, help="The embedded procedural driv
 app.add_typer(world_app, name="world")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
+app.add_typer(viz_app, name="viz")
 app.command("report")(report_command)
 lam_app = typer.Typer(no_args_is_help=True, help="Latent action model: train (two stages), label, report.")
 app.add_typer(lam_app, name="lam")

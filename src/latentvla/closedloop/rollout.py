@@ -98,7 +98,7 @@ class SensorRig:
         self.layers = ground_layers(map_api)
         self.props = props
 
-    def render(self, sim: ClosedLoopSim) -> tuple[dict[str, Camera], Lidar]:
+    def render(self, sim: ClosedLoopSim, lidar: bool = True) -> tuple[dict[str, Camera], Lidar | None]:
         scene = render_scene(self.layers, boxes_for_render(sim), self.props, sim.light, sim.ego_rear_axle(),
                              self.cfg.render_range)
         prepared = prepare_scene(scene)
@@ -112,7 +112,7 @@ class SensorRig:
             cams[name] = Camera(name=name, intrinsics=cam.intrinsics, sensor2ego_rotation=cam.sensor2ego_rotation,
                                 sensor2ego_translation=cam.sensor2ego_translation, image=img,
                                 distortion=cam.distortion, width=cam.width, height=cam.height)
-        return cams, Lidar(cast_lidar(scene, self.cfg).astype(np.float32, copy=False))
+        return cams, Lidar(cast_lidar(scene, self.cfg).astype(np.float32, copy=False)) if lidar else None
 
 
 def _global_status(state: np.ndarray, command: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:

@@ -20,7 +20,7 @@ from latentvla.config import config_hash, dump_yaml
 from latentvla.data.store import SceneStore, open_store
 from latentvla.lam.configuration import LAMConfig
 from latentvla.lam.data import WindowSet, build_windows, split_logs
-from latentvla.runtime.distributed import Launch, is_rank_zero, train_loader, trainer_kwargs
+from latentvla.runtime.distributed import Launch, curve_logger, is_rank_zero, train_loader, trainer_kwargs
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.provenance import provenance
 
@@ -91,7 +91,8 @@ def train_stage(model, stage: int, train: WindowFeatures, val: WindowFeatures, c
     loader, accum = train_loader(train, cfg.train.batch_size, launch, cfg.seed + stage)
     val_loader = torch.utils.data.DataLoader(val, batch_size=cfg.train.batch_size)
     ckpt_dir = run / "checkpoints" / f"stage{stage}"
-    trainer = L.Trainer(max_steps=steps, logger=False, deterministic=True, accumulate_grad_batches=accum,
+    trainer = L.Trainer(max_steps=steps, logger=curve_logger(run, f"stage{stage}"), log_every_n_steps=1,
+                        deterministic=True, accumulate_grad_batches=accum,
                         **trainer_kwargs(launch, "cpu"),
                         enable_progress_bar=not quiet, enable_model_summary=False, default_root_dir=str(ckpt_dir),
                         val_check_interval=min(cfg.train.val_every, max(1, len(loader))),

@@ -24,6 +24,7 @@ from latentvla.planner.sources import Sources, add_inputs, configure, relative_s
 from latentvla.runtime.distributed import (
     Launch,
     StepTimer,
+    curve_logger,
     is_rank_zero,
     replica_checksums,
     train_loader,
@@ -180,7 +181,8 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
     ckpt_dir = run / "checkpoints"
     best = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/ade",
                                                mode="min", save_last=True, save_top_k=1)
-    trainer = L.Trainer(max_epochs=cfg.train.epochs, logger=False, deterministic=True, accumulate_grad_batches=accum,
+    trainer = L.Trainer(max_epochs=cfg.train.epochs, logger=curve_logger(run, "planner"), log_every_n_steps=1,
+                        deterministic=True, accumulate_grad_batches=accum,
                         enable_progress_bar=not quiet, enable_model_summary=False, default_root_dir=str(ckpt_dir),
                         check_val_every_n_epoch=cfg.train.val_every_epochs, num_sanity_val_steps=0,
                         callbacks=[best, timer := StepTimer(accum)], **trainer_kwargs(launch, "cpu"))

@@ -11,9 +11,9 @@ from latentvla.report.collect import Artifacts, Run, TableDir, pretty_json
 from latentvla.report.html import Raw, cap, details, esc, h3, img, na, num, p, pre, table
 
 REFERENCE_MODELS = ("pdm-closed", "log-replay")
-NO_CURVES = ("per-step / per-epoch curves: the trainers run Lightning with logger=False and keep only the final "
-             "numbers in each run's metrics.json, shown below per stage (a Lightning CSVLogger metrics.csv inside a "
-             "run directory would be drawn here)")
+NO_CURVES = ("per-step / per-epoch curves: none of these runs holds a Lightning metrics.csv (the trainers write "
+             "RUN/curves/<stage>/metrics.csv; runs trained before that only keep the final numbers in metrics.json, "
+             "shown below per stage)")
 TRAINING_KEYS = {  # stage -> the final numbers metrics.json keeps (shown when present)
     "lam": ("stage1_steps", "stage1_seconds", "stage2_steps", "stage2_seconds", "train_windows", "val_windows",
             "recon_gain"),

@@ -152,3 +152,13 @@ class StepTimer(L.pytorch.callbacks.Callback):
     def median_ms(self) -> float | None:
         kept = self.intervals[self.warmup:]
         return round(1000 * statistics.median(kept) * self.accumulation, 2) if kept else None
+
+
+def curve_logger(run, name: str):
+    """Lightning's CSVLogger writing ``RUN/curves/<name>/metrics.csv`` (rank 0 only): the training curves the
+    report draws. Every logged step is kept (a CSV row per step is small next to a checkpoint)."""
+    from pathlib import Path
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(save_dir=str(Path(run)), name="curves", version=name)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from latentvla.config import config_hash, dump_yaml
-from latentvla.runtime.distributed import Launch, is_rank_zero, train_loader, trainer_kwargs
+from latentvla.runtime.distributed import Launch, curve_logger, is_rank_zero, train_loader, trainer_kwargs
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.parallel import progress_bar, torch_threads
 from latentvla.runtime.provenance import provenance
@@ -179,7 +179,8 @@ def _pretrain(data: Path, run: Path, cfg: VLAConfig, workers: int, quiet: bool, 
     ckpt_dir = run / "checkpoints"
     best = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/nll", mode="min",
                                                save_top_k=1)
-    trainer = L.Trainer(max_epochs=cfg.pretrain.epochs, logger=False, accumulate_grad_batches=accum,
+    trainer = L.Trainer(max_epochs=cfg.pretrain.epochs, logger=curve_logger(run, "pretrain"), log_every_n_steps=1,
+                        accumulate_grad_batches=accum,
                         **trainer_kwargs(launch, "auto"), deterministic=True, precision=cfg.train.precision, enable_progress_bar=not quiet,
                         enable_model_summary=False, default_root_dir=str(ckpt_dir), num_sanity_val_steps=0,
                         callbacks=[best])

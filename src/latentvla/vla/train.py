@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from latentvla.config import config_hash, dump_yaml
-from latentvla.runtime.distributed import Launch, is_rank_zero, train_loader, trainer_kwargs
+from latentvla.runtime.distributed import Launch, curve_logger, is_rank_zero, train_loader, trainer_kwargs
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.parallel import torch_threads
 from latentvla.runtime.provenance import provenance
@@ -158,7 +158,8 @@ def _train(data: Path, run: Path, cfg: VLAConfig, labels_run: Path, init: str | 
     ckpt_dir = run / "checkpoints"
     best = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/nll", mode="min",
                                                save_last=True, save_top_k=1)
-    trainer = L.Trainer(max_epochs=cfg.train.epochs, logger=False, deterministic=True, accumulate_grad_batches=accum,
+    trainer = L.Trainer(max_epochs=cfg.train.epochs, logger=curve_logger(run, "teacher"), log_every_n_steps=1,
+                        deterministic=True, accumulate_grad_batches=accum,
                         **trainer_kwargs(launch, "auto"),
                         precision=cfg.train.precision, enable_progress_bar=not quiet, enable_model_summary=False,
                         default_root_dir=str(ckpt_dir), check_val_every_n_epoch=cfg.train.val_every_epochs,
