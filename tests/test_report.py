@@ -243,7 +243,7 @@ def test_cli_and_bad_paths(experiment, runner, tmp_path):
 
 
 def test_first_screen_in_headless_chromium(request, tmp_path):
-    """Skipped unless a Chromium / Chrome binary is on PATH (CI does not install one)."""
+    """Skipped unless a Chromium / Chrome binary is on PATH (`.ci/run` installs Debian's chromium when it can)."""
     browser = next((b for b in CHROMIUM if shutil.which(b)), None)
     if browser is None:
         pytest.skip(f"no headless browser on PATH (looked for {', '.join(CHROMIUM)})")
