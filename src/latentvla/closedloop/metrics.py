@@ -160,24 +160,9 @@ def scene_metrics(rec: RolloutRecord, map_api: MapAPI, route: list[str], lights:
             "collisions": explain.get("collisions", []), "stop_lines": events}
 
 
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
-
-
 def summarize(rows: list[dict]) -> dict:
-    """``mean`` over valid scenes, ``by_family`` (scene and invalid counts too) and the score with failed
-    scenes counted as 0."""
-    valid = [r for r in rows if r["valid"]]
-    cols = KEYS + EXTRA_KEYS
-    fams: dict[str, list[dict]] = {}
-    for r in rows:
-        fams.setdefault(r["family"], []).append(r)
-    by_family = {}
-    for fam, rs in sorted(fams.items()):
-        ok = [r for r in rs if r["valid"]]
-        by_family[fam] = {"scenes": len(rs), "invalid": len(rs) - len(ok),
-                          **{k: _mean([r[k] for r in ok]) for k in cols}}
-    return {"scenes": len(rows), "invalid": len(rows) - len(valid),
-            "mean": {k: _mean([r[k] for r in valid]) for k in cols}, "by_family": by_family,
-            "closed_loop_score_with_invalid_as_zero": _mean([r["closed_loop_score"] if r["valid"] else 0.0
-                                                              for r in rows])}
+    """``mean`` over valid scenes, ``by_family`` and the score with failed scenes counted as 0 (the scorer's
+    aggregation)."""
+    from latentvla.eval.runner import aggregate
+
+    return aggregate(rows, list(KEYS + EXTRA_KEYS), "closed_loop_score")

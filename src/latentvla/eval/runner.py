@@ -242,11 +242,9 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def summarize(rows: list[dict], metric: str, split: str) -> dict:
-    """Means over valid scenes (per-scene scores first, then the mean: NAVSIM's aggregation)."""
-    name, main, extra = METRICS[metric]
-    cols = [*main, *extra]
-    score = score_column(metric)
+def aggregate(rows: list[dict], cols: list[str], score: str) -> dict:
+    """``mean`` over valid scenes, ``by_family`` (scene and invalid counts, means over its valid scenes) and the
+    score with invalid scenes counted as 0: the aggregation of open- and closed-loop results alike."""
     valid = [r for r in rows if r["valid"]]
     families: dict[str, list[dict]] = {}
     for r in rows:
@@ -257,9 +255,15 @@ def summarize(rows: list[dict], metric: str, split: str) -> dict:
         by_family[fam] = {"scenes": len(rs), "invalid": len(rs) - len(ok), **{c: _mean([r[c] for r in ok])
                                                                               for c in cols}}
     with_zero = float(np.mean([r[score] if r["valid"] else 0.0 for r in rows])) if rows else None
-    return {"metric": name, "split": split, "scenes": len(rows), "invalid": len(rows) - len(valid),
+    return {"scenes": len(rows), "invalid": len(rows) - len(valid),
             "mean": {c: _mean([r[c] for r in valid]) for c in cols}, "by_family": by_family,
             f"{score}_with_invalid_as_zero": with_zero}
+
+
+def summarize(rows: list[dict], metric: str, split: str) -> dict:
+    """Means over valid scenes (per-scene scores first, then the mean: NAVSIM's aggregation)."""
+    name, main, extra = METRICS[metric]
+    return {"metric": name, "split": split, **aggregate(rows, [*main, *extra], score_column(metric))}
 
 
 def _fmt(v) -> str:
