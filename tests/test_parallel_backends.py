@@ -104,6 +104,20 @@ def test_scoring_identical_across_backends(tiny_world, cache_dir, ray_cluster, m
         assert score(2) == expected
 
 
+def test_closed_loop_identical_across_backends(tiny_world, ray_cluster, monkeypatch):
+    import latentvla.closedloop.runner as closed_loop
+
+    monkeypatch.setattr(closed_loop, "CHUNK_SCENES", 2)  # several jobs
+
+    def run(workers: int) -> list[dict]:
+        return closed_loop.evaluate_closed_loop(tiny_world, "constant-velocity", seconds=4, scenes=5,
+                                                workers=workers, quiet=True)["per_scene"]
+
+    expected = run(1)
+    with use_backend("ray"):
+        assert run(2) == expected
+
+
 class _Killed(Exception):
     pass
 
