@@ -259,3 +259,26 @@ def test_viz_rollout_writes_a_video(tiny_world, tiny_store, runner, tmp_path, su
     bad = runner.invoke(app, ["viz", "rollout", "--data", str(tiny_world), "--agent", "expert", "--scene", token,
                               "--out", str(tmp_path / "x.avi")])
     assert bad.exit_code != 0 and ".gif or .mp4" in bad.output
+
+
+def test_a_killed_run_resumes_without_redoing_finished_jobs(tiny_world, tmp_path, monkeypatch):
+    from interrupt import dies_on_call
+
+    import latentvla.closedloop.runner as closed_loop
+
+    monkeypatch.setattr(closed_loop, "CHUNK_SCENES", 2)
+    real = closed_loop.run_chunk
+    kwargs = {"seconds": 4, "scenes": 6, "workers": 1, "quiet": True}
+    whole = closed_loop.evaluate_closed_loop(tiny_world, "constant-velocity", tmp_path / "whole.json", **kwargs)
+    out = tmp_path / "cl.json"
+    first: list = []
+    monkeypatch.setattr(closed_loop, "run_chunk", dies_on_call(real, 2, first))
+    with pytest.raises(KeyboardInterrupt):
+        closed_loop.evaluate_closed_loop(tiny_world, "constant-velocity", out, **kwargs)
+    assert not out.exists() and len(list((tmp_path / ".cl.json.partial").glob("*.pkl"))) == 1
+    second: list = []
+    monkeypatch.setattr(closed_loop, "run_chunk", dies_on_call(real, 0, second))
+    res = closed_loop.evaluate_closed_loop(tiny_world, "constant-velocity", out, **kwargs)
+    assert second[0].tokens == first[1].tokens  # the killed job runs again, the finished one does not
+    assert len(second) == 2 and res["timing"]["resumed_scenes"] == 2
+    assert res["per_scene"] == whole["per_scene"] and not (tmp_path / ".cl.json.partial").exists()

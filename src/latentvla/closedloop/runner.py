@@ -8,6 +8,9 @@ scenes in split order, run through the parallel map (local processes or Ray), so
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +23,8 @@ from latentvla.closedloop.rollout import EXPERT, Rollout, RolloutRecord
 from latentvla.closedloop.sim import rear_to_center
 from latentvla.config import from_dict, load_yaml, to_dict
 from latentvla.data.store import SceneStore, open_store, process_store
-from latentvla.eval.runner import checked_poses
-from latentvla.runtime.io import write_json
+from latentvla.eval.runner import _resumed, _rows_file, agent_fingerprint, checked_poses
+from latentvla.runtime.io import atomic_write_bytes, write_json
 from latentvla.runtime.parallel import parallel_map, progress_bar
 from latentvla.runtime.provenance import provenance
 from latentvla.schema import AgentInput
@@ -98,6 +101,7 @@ class _Job:
     reactive: bool
     seconds: float
     sensors: dict | None
+    resume: str | None = None  # directory of finished jobs' rows (a killed run resumes from them)
 
 
 def _failed(token: str, family: str, err: Exception) -> dict:
@@ -146,6 +150,8 @@ def run_chunk(job: _Job) -> list[dict]:
         _, line, expert_progress = refs[t]
         rows.append(scene_metrics(rec, store.load_map(rec.log), list(state["route"]), state.get("lights", {}), line,
                                   expert_progress))
+    if job.resume is not None:  # this job's shard, written atomically
+        atomic_write_bytes(_rows_file(job.resume, job.tokens), pickle.dumps(rows, protocol=4))
     return rows
 
 
@@ -175,7 +181,11 @@ def select_tokens(store: SceneStore, split: str, scenes: int | None) -> list[str
 def evaluate_closed_loop(data: str | Path, agent_spec: str, out: str | Path | None = None, reactive: bool = True,
                          seconds: float = DEFAULT_SECONDS, split: str = "test", scenes: int | None = None,
                          workers: int = 1, quiet: bool = False) -> dict:
-    """Closed-loop evaluation of one agent; returns (and writes to ``out``) the result JSON."""
+    """Closed-loop evaluation of one agent; returns (and writes to ``out``) the result JSON.
+
+    With ``out`` every finished job's rows go to ``.<out name>.partial/`` beside it: a killed run rerun with the same
+    agent, data, scenes, mode and seconds only rolls out what is missing (the directory goes once ``out`` is
+    written)."""
     from latentvla.agents.registry import load_agent
 
     if seconds < MIN_SECONDS:
@@ -192,24 +202,34 @@ def evaluate_closed_loop(data: str | Path, agent_spec: str, out: str | Path | No
             for i in range(0, len(tokens), CHUNK_SCENES)]
     name = EXPERT if agent is None else agent.name
     done: dict[str, dict] = {}
+    partial = None if out is None else Path(out).with_name(f".{Path(out).name}.partial")
+    if partial is not None:
+        key = hashlib.sha256(f"{EXPERT if agent is None else agent_fingerprint(agent)}|{store.digest()}|{reactive}|"
+                             f"{float(seconds)}|{CHUNK_SCENES}|{chr(10).join(tokens)}".encode()).hexdigest()[:24]
+        done, jobs = _resumed(partial, key, jobs)
+        for job in jobs:
+            job.resume = str(partial)
+    resumed = len(done)
     start = time.time()
     with progress_bar(disable=quiet) as bar:
         task = bar.add_task(f"closed loop {name} ({'reactive' if reactive else 'non-reactive'}, {seconds:g} s)",
-                            total=len(tokens), rate="")
+                            total=len(tokens), rate="", completed=resumed)
         for rows in parallel_map(run_chunk, jobs, workers=workers):
             done.update({r["token"]: r for r in rows})
             wall = max(time.time() - start, 1e-9)
-            bar.update(task, advance=len(rows), rate=f"{len(done) * seconds / wall:.1f}x real time")
+            bar.update(task, advance=len(rows), rate=f"{(len(done) - resumed) * seconds / wall:.1f}x real time")
     wall = time.time() - start
     rows = [done[t] for t in tokens]
+    ran = len(tokens) - resumed
     result = {"agent": name, "agent_spec": agent_spec, "data": str(data), "split": split,
               "mode": "reactive" if reactive else "non-reactive", "seconds": float(seconds), **summarize(rows),
-              "timing": {"wall_s": round(wall, 3), "simulated_s": len(tokens) * float(seconds),
-                         "realtime_factor": round(len(tokens) * float(seconds) / max(wall, 1e-9), 2),
-                         "workers": workers},
+              "timing": {"wall_s": round(wall, 3), "simulated_s": ran * float(seconds),
+                         "realtime_factor": round(ran * float(seconds) / max(wall, 1e-9), 2),
+                         "workers": workers, "resumed_scenes": resumed},
               "per_scene": rows, "provenance": provenance({"manifest": Path(str(store.root)) / "manifest.json"})}
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, result, indent=1)
+        shutil.rmtree(partial, ignore_errors=True)
     return result

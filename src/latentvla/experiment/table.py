@@ -86,8 +86,8 @@ def closed_loop_cells(plan: Plan, model: str, run: Path | None, console: Console
         doc = read_json(path)
         if doc.get("key") == key:
             return doc["mean"]
-    result = evaluate_closed_loop(plan.data, spec, None, reactive=True, seconds=seconds, scenes=scenes,
-                                  workers=plan.workers, quiet=plan.quiet)
+    result = evaluate_closed_loop(plan.data, spec, path, reactive=True, seconds=seconds, scenes=scenes,
+                                  workers=plan.workers, quiet=plan.quiet)  # resumable; then stamped with its key
     write_json(path, {"key": key, **result}, indent=1)
     console.print(f"{model}: closed_loop_score {result['mean']['closed_loop_score']:.4f} ({result['scenes']} scenes "
                   f"x {seconds:g} s, reactive)")
