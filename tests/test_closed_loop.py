@@ -282,3 +282,11 @@ def test_a_killed_run_resumes_without_redoing_finished_jobs(tiny_world, tmp_path
     assert second[0].tokens == first[1].tokens  # the killed job runs again, the finished one does not
     assert len(second) == 2 and res["timing"]["resumed_scenes"] == 2
     assert res["per_scene"] == whole["per_scene"] and not (tmp_path / ".cl.json.partial").exists()
+
+
+def test_a_predictions_file_cannot_drive(tiny_world, tiny_store, runner, tmp_path):
+    preds = tmp_path / "preds.json"
+    preds.write_text(json.dumps({tiny_store.tokens("test")[0]: [[1.0 * k, 0.0, 0.0] for k in range(1, 9)]}))
+    r = runner.invoke(app, ["eval", "closed-loop", "--data", str(tiny_world), "--out", str(tmp_path / "x.json"),
+                            "--agent", f"predictions:{preds}", "--quiet"])
+    assert r.exit_code != 0 and "replans from what it sees" in r.output, r.output

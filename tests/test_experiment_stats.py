@@ -58,7 +58,10 @@ def _golden_rows():
 def test_model_row_golden_means_invalid_as_zero_and_by_family():
     row = model_row("m", [_golden_rows()], params=1_234_567, latency_ms=3.5)
     assert list(row) == ["model", "nc", "dac", "ttc", "c", "ep", "pdms", "pdms_std", "epdms", "params",
-                         "latency_ms", "by_family"]
+                         "latency_ms", "by_family", "closed_loop_score", "red_light_violations"]
+    assert row["closed_loop_score"] is None and row["red_light_violations"] is None  # closed loop not run
+    cl = model_row("m", [_golden_rows()], 1, None, closed_loop={"closed_loop_score": 0.25, "red_light_violations": 2})
+    assert cl["closed_loop_score"] == 0.25 and cl["red_light_violations"] == 2.0
     # the invalid scene t3 counts as 0 on every sub-score
     assert row["nc"] == pytest.approx(2.5 / 4)
     assert row["dac"] == pytest.approx(3 / 4)

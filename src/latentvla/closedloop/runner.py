@@ -57,7 +57,9 @@ def check_agent(agent: Agent | None) -> None:
         raise ClosedLoopError(f"agent '{agent.name}' needs the scorer's privileged scene (logged future, metric "
                               "cache), which a closed-loop world state does not have; use --agent expert for the "
                               "world's own driver")
-    if type(agent).__name__ == "PredictionsAgent":
+    from latentvla.agents.baselines import PredictionsAgent
+
+    if isinstance(agent, PredictionsAgent):
         raise ClosedLoopError("a predictions file holds one plan per logged scene; closed loop needs an agent that "
                               "replans from what it sees (a planner or teacher run, constant-velocity or expert)")
 

@@ -156,9 +156,13 @@ class StepTimer(L.pytorch.callbacks.Callback):
 
 def curve_logger(run, name: str):
     """Lightning's CSVLogger writing ``RUN/curves/<name>/metrics.csv`` (rank 0 only): the training curves the
-    report draws. Every logged step is kept (a CSV row per step is small next to a checkpoint)."""
+    report draws. Every logged step is kept (a CSV row per step is small next to a checkpoint). A resumed session
+    writes ``<name>.part<k>/`` beside the earlier ones (the CSVLogger would delete an existing file)."""
     from pathlib import Path
 
     from lightning.pytorch.loggers import CSVLogger
 
-    return CSVLogger(save_dir=str(Path(run)), name="curves", version=name)
+    base, version, k = Path(run) / "curves", name, 1
+    while (base / version / "metrics.csv").exists():
+        version, k = f"{name}.part{k}", k + 1
+    return CSVLogger(save_dir=str(Path(run)), name="curves", version=version)
