@@ -474,7 +474,8 @@ _ExpLamCache = typer.Option(None, "--lam-cache-dir", help="LAM feature cache roo
 _ExpQuiet = typer.Option(False, "--quiet", help="No progress bars.")
 _ExpClosedLoop = typer.Option(None, "--closed-loop-scenes", min=0,
                               help="Test scenes each row drives in closed loop (reactive; default per profile: quick "
-                                   "4 x 4 s, demo 50 x 15 s, full 200 x 15 s; 0: no closed-loop columns).")
+                                   "4 x 4 s, demo 50 x 15 s, full 200 x 15 s; 0: no closed-loop columns; ablations: "
+                                   "0 unless given).")
 
 
 @experiment_app.command("table")

@@ -58,13 +58,18 @@ def train_chain(plan: Plan, name: str, ref_lam: Path, pretrain: Path, seed: int)
 
 def experiment_ablations(plan: Plan, names: tuple[str, ...] = ABLATIONS, threads: int = 1,
                          console: Console | None = None) -> dict:
-    """Train, score and tabulate the ablations; writes OUT/ablations.csv and OUT/ablations.json."""
+    """Train, score and tabulate the ablations; writes OUT/ablations.csv and OUT/ablations.json. Closed loop runs
+    only when asked for (``plan.closed_loop_scenes``): the ablations are open-loop comparisons by default."""
+    import dataclasses
+
     from latentvla.experiment.runs import train_all
     from latentvla.experiment.stats import build_table
     from latentvla.experiment.table import publish, score_models
     from latentvla.planner.sources import Sources
 
     console = console or Console(stderr=True)
+    if plan.closed_loop_scenes is None:
+        plan = dataclasses.replace(plan, closed_loop_scenes=0)
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation '{unknown[0]}'; valid: {list(ABLATIONS)}")
