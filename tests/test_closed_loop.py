@@ -19,8 +19,9 @@ from latentvla.closedloop.metrics import (
     window_starts,
 )
 from latentvla.closedloop.rollout import EXPERT, Rollout
-from latentvla.closedloop.runner import plan_inputs, world_sensors
+from latentvla.closedloop.runner import world_sensors
 from latentvla.closedloop.sim import ClosedLoopSim
+from latentvla.eval.runner import plan_inputs
 from latentvla.map_api import Lane, MapAPI
 from latentvla.schema import EGO, Trajectory, global_to_local
 from latentvla.world.agents import Agent

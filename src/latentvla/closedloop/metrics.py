@@ -139,15 +139,14 @@ def closed_loop_score(nc: float, dac: float, red_light: bool, route_completion: 
     return nc * dac * (0.0 if red_light else 1.0) * (5.0 * route_completion + 5.0 * ttc + 2.0 * c) / 12.0
 
 
-def scene_metrics(rec: RolloutRecord, map_api: MapAPI, route: list[str], lights: dict, reference_line: np.ndarray,
-                  expert_progress: float) -> dict:
+def scene_metrics(rec: RolloutRecord, map_api: MapAPI, reference_line: np.ndarray, expert_progress: float) -> dict:
     """The per-scene row: the contract keys, the sub-scores and what explains them."""
     states = rec.ego
     reach = float(np.max(np.hypot(*(states[:, :2] - states[0, :2]).T))) + 100.0
-    dmap = DrivableMap.from_map(map_api, states[0, :2], route, radius=reach)
+    dmap = DrivableMap.from_map(map_api, states[0, :2], rec.route, radius=reach)
     explain: dict = {}
     sub = windowed_scores(states, rec.tracks, dmap, explain)
-    events = red_light_events(states, map_api, lights, rec.t0)
+    events = red_light_events(states, map_api, rec.lights, rec.t0)
     violations = sum(e["violation"] for e in events)
     centers = ego_points(states[None])[0, :, 4]
     progress = progress_along(reference_line, centers[0], centers[-1])

@@ -31,7 +31,7 @@ from latentvla.schema import (
     local_to_global,
 )
 from latentvla.world import expert
-from latentvla.world.record import BOX_NAME, STEPS_PER_FRAME, boxes_for_render
+from latentvla.world.record import BOX_NAME, STEPS_PER_FRAME, boxes_for_render, encode_image
 from latentvla.world.render.camera import prepare_scene, render_camera
 from latentvla.world.render.lidar import cast_lidar
 from latentvla.world.scene_render import ground_layers, render_scene
@@ -52,6 +52,8 @@ class RolloutRecord:
     t0: float  # world time of the restart (the light programme is a function of it)
     ego: np.ndarray  # (T, 11) rear-axle states, StateIndex order
     tracks: Tracks  # every other road user and object, (J, T)
+    route: list[str]  # roadblock ids
+    lights: dict  # the light programme (``light_state``)
     plans: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (step, global poses (8, 3)) per replan
 
     @property
@@ -106,8 +108,7 @@ class SensorRig:
         for name, cam in self.rig.items():
             img = render_camera(cam, prepared, self.cfg.render_range)
             if self.cfg.image_format != "png":  # the dataset's images went through JPEG: so do these
-                ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]),
-                                       [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+                buf = np.frombuffer(encode_image(img, self.cfg), dtype=np.uint8)
                 img = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
             cams[name] = Camera(name=name, intrinsics=cam.intrinsics, sensor2ego_rotation=cam.sensor2ego_rotation,
                                 sensor2ego_translation=cam.sensor2ego_translation, image=img,
@@ -228,7 +229,8 @@ class Rollout:
 
     def record(self) -> RolloutRecord:
         return RolloutRecord(self.token, self.family, self.log, self.t0, self.ego[: self.k + 1].copy(),
-                             _sliced(self.recorder.tracks(), self.k + 1), list(self.plans))
+                             _sliced(self.recorder.tracks(), self.k + 1), list(self.sim.route), self.sim.lights,
+                             list(self.plans))
 
 
 def _without_image(cam: Camera) -> Camera:

@@ -23,11 +23,10 @@ from latentvla.closedloop.rollout import EXPERT, Rollout, RolloutRecord
 from latentvla.closedloop.sim import rear_to_center
 from latentvla.config import from_dict, load_yaml, to_dict
 from latentvla.data.store import SceneStore, open_store, process_store
-from latentvla.eval.runner import _resumed, _rows_file, agent_fingerprint, checked_poses
+from latentvla.eval.runner import _resumed, _rows_file, agent_fingerprint, plan_inputs
 from latentvla.runtime.io import atomic_write_bytes, write_json
 from latentvla.runtime.parallel import parallel_map, progress_bar
 from latentvla.runtime.provenance import provenance
-from latentvla.schema import AgentInput
 from latentvla.world.sensors import SensorConfig
 
 CHUNK_SCENES = 8  # scenes per job, rolled out in lockstep (one agent batch per tick)
@@ -42,10 +41,11 @@ class ClosedLoopError(ValueError):
 
 def world_sensors(store: SceneStore) -> SensorConfig:
     """The dataset's sensor rig (its ``world.yaml``), which renders what the agent sees."""
-    path = Path(store.root) / "world.yaml"
+    path = Path(str(store.root)) / "world.yaml"
     if not path.is_file():
         raise ClosedLoopError(f"{store.root} has no world.yaml: closed-loop evaluation needs an embedded-world "
-                              "dataset (`latentvla world generate`), whose logs carry the simulator states")
+                              "dataset (`latentvla world generate`), whose logs carry the simulator states that "
+                              "restart a scene; NAVSIM/OpenScene logs are recordings only")
     cfg = load_yaml(path).get("sensors", {})
     return from_dict(SensorConfig, cfg, "world.yaml sensors")
 
@@ -62,23 +62,6 @@ def check_agent(agent: Agent | None) -> None:
     if isinstance(agent, PredictionsAgent):
         raise ClosedLoopError("a predictions file holds one plan per logged scene; closed loop needs an agent that "
                               "replans from what it sees (a planner or teacher run, constant-velocity or expert)")
-
-
-def plan_inputs(agent: Agent, inputs: list[AgentInput]) -> list[np.ndarray | Exception]:
-    """The agent's plan (8, 3) per input, in one batch when the agent plans in batches; any failure becomes that
-    input's exception (a failing batch is retried one by one)."""
-    if hasattr(agent, "compute_trajectories"):
-        try:
-            return [checked_poses(t) for t in agent.compute_trajectories(inputs)]
-        except Exception:  # noqa: BLE001 - find the failing input(s) below
-            pass
-    out: list[np.ndarray | Exception] = []
-    for a in inputs:
-        try:
-            out.append(checked_poses(agent.compute_trajectory(a)))
-        except Exception as err:  # noqa: BLE001 - marks that scene invalid, never the run
-            out.append(err)
-    return out
 
 
 def expert_reference(store: SceneStore, token: str, reactive: bool, seconds: float
@@ -148,10 +131,8 @@ def run_chunk(job: _Job) -> list[dict]:
         if isinstance(rec, Exception):
             rows.append(_failed(t, family, rec))
             continue
-        state = store.load_sim_state(t)
         _, line, expert_progress = refs[t]
-        rows.append(scene_metrics(rec, store.load_map(rec.log), list(state["route"]), state.get("lights", {}), line,
-                                  expert_progress))
+        rows.append(scene_metrics(rec, store.load_map(rec.log), line, expert_progress))
     if job.resume is not None:  # this job's shard, written atomically
         atomic_write_bytes(_rows_file(job.resume, job.tokens), pickle.dumps(rows, protocol=4))
     return rows
@@ -193,9 +174,6 @@ def evaluate_closed_loop(data: str | Path, agent_spec: str, out: str | Path | No
     if seconds < MIN_SECONDS:
         raise ClosedLoopError(f"--seconds must be >= {MIN_SECONDS} (one scorer horizon), got {seconds}")
     store = open_store(data, verify_blobs=False)
-    if not hasattr(store, "load_sim_state") or not (Path(str(store.root)) / "world.yaml").is_file():
-        raise ClosedLoopError(f"{data}: closed-loop evaluation needs an embedded-world dataset (its logs carry the "
-                              "simulator states that restart a scene); NAVSIM/OpenScene logs are recordings only")
     sensors = world_sensors(store)
     agent = None if agent_spec == EXPERT else load_agent(agent_spec)
     check_agent(agent)

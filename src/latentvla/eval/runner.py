@@ -27,7 +27,7 @@ from latentvla.eval.metric_cache import MetricCache, process_cache
 from latentvla.eval.scene_inputs import SceneInputs
 from latentvla.runtime.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 from latentvla.runtime.parallel import parallel_map, progress_bar
-from latentvla.schema import TRAJECTORY_POSES, Trajectory
+from latentvla.schema import TRAJECTORY_POSES, AgentInput, Trajectory
 
 METRICS = {
     "pdms": ("pdms-v1.1", ("nc", "dac", "ttc", "ep", "c", "pdms"), ("ddc",)),
@@ -54,6 +54,26 @@ def agent_plan(agent: Agent, store: SceneStore, inputs: SceneInputs) -> np.ndarr
 AGENT_BATCH = 64  # scenes per compute_trajectories call (agents that plan in batches)
 
 
+def plan_inputs(agent: Agent, inputs: list[AgentInput]) -> list[np.ndarray | Exception]:
+    """The agent's plan (8, 3) per ready input, in one ``compute_trajectories`` call when the agent plans in
+    batches; any failure becomes that input's exception (a failing or short batch is retried one by one)."""
+    if hasattr(agent, "compute_trajectories"):
+        try:
+            trajs = agent.compute_trajectories(inputs)
+            if len(trajs) != len(inputs):
+                raise ValueError(f"{len(trajs)} trajectories for {len(inputs)} inputs")
+            return [checked_poses(t) for t in trajs]
+        except Exception:  # noqa: BLE001 - find the failing input(s) below
+            pass
+    out: list[np.ndarray | Exception] = []
+    for a in inputs:
+        try:
+            out.append(checked_poses(agent.compute_trajectory(a)))
+        except Exception as err:  # noqa: BLE001 - marks that scene invalid, never the run
+            out.append(err)
+    return out
+
+
 def agent_plans(agent: Agent, store: SceneStore, entries: list[SceneInputs]) -> dict[str, np.ndarray | Exception]:
     """Plans of many scenes: one ``compute_trajectories`` call per ``AGENT_BATCH`` scenes when the agent has it
     (learned planners: one network pass instead of one per scene), else scene by scene. Any agent failure
@@ -66,11 +86,11 @@ def agent_plans(agent: Agent, store: SceneStore, entries: list[SceneInputs]) -> 
         if batched:
             try:
                 inputs = [_agent_input(agent, store, e) for e in chunk]
-                for e, traj in zip(chunk, agent.compute_trajectories(inputs), strict=True):
-                    out[e.token] = checked_poses(traj)
+            except Exception:  # noqa: BLE001 - find the scene(s) whose input fails one by one below
+                inputs = None
+            if inputs is not None:
+                out.update(zip([e.token for e in chunk], plan_inputs(agent, inputs), strict=True))
                 continue
-            except Exception:  # noqa: BLE001 - find the failing scene(s) one by one below
-                pass
         for e in chunk:
             try:
                 out[e.token] = agent_plan(agent, store, e)

@@ -18,14 +18,9 @@ RESULT_KEYS = ("closed_loop_score", "collision_rate", "offroad_rate", "red_light
 
 def ranks(values: list[float]) -> np.ndarray:
     """Ranks (1 = best = highest), ties sharing their mean rank."""
-    v = np.asarray(values, dtype=float)
-    order = np.argsort(-v, kind="stable")
-    r = np.empty(len(v))
-    r[order] = np.arange(1, len(v) + 1)
-    for x in np.unique(v):
-        tie = v == x
-        r[tie] = r[tie].mean()
-    return r
+    from scipy.stats import rankdata
+
+    return rankdata(-np.asarray(values, dtype=float), method="average")
 
 
 def spearman(a: list[float], b: list[float]) -> float | None:

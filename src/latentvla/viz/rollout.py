@@ -25,10 +25,10 @@ from latentvla.closedloop.runner import (  # noqa: E402
     ClosedLoopError,
     check_agent,
     expert_reference,
-    plan_inputs,
     world_sensors,
 )
 from latentvla.closedloop.sim import rear_to_center  # noqa: E402
+from latentvla.eval.runner import plan_inputs  # noqa: E402
 from latentvla.schema import TrafficLightStatus  # noqa: E402
 from latentvla.viz.bev import draw_ego, draw_map, draw_trajectory, setup_bev_axes, to_ego  # noqa: E402
 from latentvla.world.record import boxes_for_render  # noqa: E402
@@ -52,11 +52,12 @@ def _frame(r: Rollout, front: SensorRig, expert_path: np.ndarray, title: str) ->
     ax = fig.add_axes((0.02, 0.02, 0.46, 0.86))
     setup_bev_axes(ax, RADIUS)
     draw_map(ax, r.map, pose, RADIUS, traffic_lights=_lights(sim), route_roadblock_ids=sim.route)
+    others = boxes_for_render(sim)
     boxes = []
-    for b in boxes_for_render(sim):
+    for b in others:
         xy = to_ego(np.array([[b["x"], b["y"]]]), pose)[0]
         boxes.append([xy[0], xy[1], 0.0, b["length"], b["width"], b["height"], b["heading"] - pose[2]])
-    names = [b["kind"] for b in boxes_for_render(sim)]
+    names = [b["kind"] for b in others]
     draw_boxes(ax, np.array(boxes).reshape(-1, 7), names)
     draw_ego(ax)
     draw_trajectory(ax, to_ego(expert_path, pose), color="#2ca02c", lw=1.0, ls="--", marker=None, from_origin=False,
@@ -120,7 +121,7 @@ def render_rollout(data: str | Path, agent_spec: str, token: str, out: str | Pat
     r = Rollout(store, token, sensors, EXPERT if agent is None else agent.sensors, reactive, seconds)
     if FRONT not in sensors.cameras:
         raise ClosedLoopError(f"{data} has no {FRONT} camera (cameras: {sensors.cameras})")
-    front = SensorRig(replace(sensors, cameras=[FRONT]), r.map, store.load_sim_state(token).get("props", {}))
+    front = SensorRig(replace(sensors, cameras=[FRONT]), r.map, r.sim.props)
     name = EXPERT if agent is None else agent.name
     frames = []
     while True:
@@ -137,6 +138,5 @@ def render_rollout(data: str | Path, agent_spec: str, token: str, out: str | Pat
         r.advance(1)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_video(frames, out, fps=10.0 / every)
-    state = store.load_sim_state(token)
-    row = scene_metrics(r.record(), r.map, list(state["route"]), state.get("lights", {}), line, expert_progress)
+    row = scene_metrics(r.record(), r.map, line, expert_progress)
     return {"out": str(out), "frames": len(frames), "agent": name, "token": token, "metrics": row}

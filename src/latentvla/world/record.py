@@ -19,7 +19,7 @@ from latentvla.world.configuration import WorldConfig
 from latentvla.world.render.camera import prepare_scene, render_camera
 from latentvla.world.render.lidar import cast_lidar
 from latentvla.world.scene_render import ground_layers, render_scene
-from latentvla.world.sensors import make_rig
+from latentvla.world.sensors import SensorConfig, make_rig
 from latentvla.world.sim import DT, Simulator
 
 FORMAT_VERSION = 1
@@ -96,12 +96,13 @@ def observe(sim: Simulator, log_name: str, radius: float) -> dict:
     }
 
 
-def _encode_image(img: np.ndarray, cfg: WorldConfig) -> bytes:
+def encode_image(img: np.ndarray, sensors: SensorConfig) -> bytes:
+    """An RGB image as the dataset stores it (PNG or JPEG at the configured quality)."""
     bgr = np.ascontiguousarray(img[..., ::-1])
-    if cfg.sensors.image_format == "png":
+    if sensors.image_format == "png":
         ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6])
     else:
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, cfg.sensors.jpeg_quality])
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, sensors.jpeg_quality])
     if not ok:
         raise RuntimeError("image encoding failed")
     return buf.tobytes()
@@ -158,7 +159,7 @@ def record_log(plan: LogPlan, cfg: WorldConfig) -> RecordedLog:
         sensors = {}
         for name, cam in rig.items():
             rel = f"sensors/{f:03d}/{name}.{cfg.sensors.image_format}"
-            files[rel] = _encode_image(render_camera(cam, prepared, cfg.sensors.render_range), cfg)
+            files[rel] = encode_image(render_camera(cam, prepared, cfg.sensors.render_range), cfg.sensors)
             sensors[name] = rel
         rel = f"sensors/{f:03d}/lidar.npz"
         files[rel] = npz_bytes({"points": cast_lidar(scene, cfg.sensors)})
