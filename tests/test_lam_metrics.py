@@ -44,6 +44,29 @@ def test_probe_r2_perfect_and_useless():
     assert M.probe_r2(x[:300], noise[:300], x[300:], noise[300:]) < 0.05
 
 
+def test_feature_ceiling_tells_frame_content_from_change():
+    rng = np.random.default_rng(3)
+    n, t, d = 1200, 3, 16
+    ft = rng.normal(size=(n, t, d))
+    change = rng.normal(size=(n, t, d))
+    ftp = ft + change
+    y_frame = ft[:, 0, :2] @ np.array([[1.0], [-2.0]])  # a property of the current frame
+    y_change = change[:, 1, :1] * 3.0  # what moved
+    for y, high, low in ((y_frame, "frame", "change"), (y_change, "change", "frame")):
+        mean, basis = M.pca_basis(ft.reshape(-1, d), d)
+        frame, moved = (ft - mean) @ basis, (ftp - ft) @ basis
+        out = M.feature_ceiling((frame[:900], moved[:900], y[:900]), (frame[900:], moved[900:], y[900:]))
+        assert out[high] > 0.9 and out[low] < 0.05, (high, out)
+
+
+def test_pca_basis_finds_the_principal_direction():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(500, 1)) * np.array([[3.0, 4.0, 0.0]]) + rng.normal(size=(500, 3)) * 0.01 + 7.0
+    mean, basis = M.pca_basis(rows, 1)
+    assert basis.shape == (3, 1) and np.allclose(mean, rows.mean(0))
+    assert abs(abs(basis[:, 0] @ np.array([0.6, 0.8, 0.0])) - 1.0) < 1e-3
+
+
 def test_maneuver_classes():
     motion = np.zeros((4, 9))
     motion[0, 2] = 0.3  # left turn, constant speed

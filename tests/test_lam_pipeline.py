@@ -34,7 +34,8 @@ def test_report_json_contract(lam_run, runner, tiny_world):
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["perplexity_ego"] == report["perplexity_ego"]
     diag = saved["diagnostics"]  # beside the contract keys, not in --json
-    assert set(diag) == {"recon_gain", "recon_gain_ego_shuffled", "recon_gain_env_shuffled"}
+    assert set(diag) == {"recon_gain", "recon_gain_ego_shuffled", "recon_gain_env_shuffled",
+                         "agents_ceiling_frame", "agents_ceiling_change", "agents_from_ego_motion"}
     assert all(math.isfinite(v) for v in diag.values())
     import cv2
 

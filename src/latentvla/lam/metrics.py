@@ -5,7 +5,9 @@
   (Vinh, Epps & Bailey 2010, arithmetic normalisation, as scikit-learn's default), written out to avoid a
   scikit-learn dependency for one function;
 - ``probe_r2``: test R² of a ridge-regularised linear probe from one-hot codes to a continuous target;
-- ``maneuver_class``: a discrete ego manoeuvre per window (turn direction x speed change) for the AMI.
+- ``maneuver_class``: a discrete ego manoeuvre per window (turn direction x speed change) for the AMI;
+- ``feature_ceiling``: what a linear read-out of the frozen features themselves (frame t, or the change t -> t+Δ)
+  reaches on a target: the ceiling for latents that only encode the change.
 """
 
 from __future__ import annotations
@@ -101,3 +103,31 @@ def maneuver_class(motion: np.ndarray, turn_rad: float = 0.08, dv: float = 0.5) 
     speed_change = motion[:, 7] - motion[:, 3]
     lon = np.where(speed_change < -dv, 0, np.where(speed_change > dv, 2, 1))
     return turn * 3 + lon
+
+
+
+def pca_basis(rows: np.ndarray, components: int, max_rows: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), basis (D, components)) of ``rows`` (M, D), from an evenly spaced subset of at most ``max_rows``."""
+    rows = np.asarray(rows, dtype=np.float64)
+    rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), max_rows)).astype(int)]
+    mean = rows.mean(0)
+    _, _, vh = np.linalg.svd(rows - mean, full_matrices=False)
+    return mean, vh[:components].T
+
+
+def feature_ceiling(train: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray, np.ndarray],
+                    ridge: float = 100.0) -> dict[str, float]:
+    """Test R² of ridge probes from the frozen features to a target, fitted on train: ``frame`` reads frame t,
+    ``change`` reads the change t -> t+Δ. ``train`` / ``test`` are (frame (N, T, c), change (N, T, c), y (N, k)),
+    features already reduced per token (``pca_basis``); columns are standardised on train.
+
+    Latents are inferred from the change (given frame t, the forward model already has it), so when ``change`` is
+    ~0 for a target, no codebook can carry that target whatever the training: it says whether a failed probe is
+    the model's fault or the features'."""
+    out = {}
+    for i, name in enumerate(("frame", "change")):
+        a = np.asarray(train[i], dtype=np.float64).reshape(len(train[i]), -1)
+        b = np.asarray(test[i], dtype=np.float64).reshape(len(test[i]), -1)
+        sd = a.std(0) + 1e-9
+        out[name] = probe_r2(a / sd, train[2], b / sd, test[2], ridge=ridge)
+    return out

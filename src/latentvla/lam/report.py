@@ -27,6 +27,7 @@ from latentvla.runtime.parallel import parallel_map, progress_bar
 from latentvla.schema import global_to_local
 
 NEAREST_AGENTS = 3
+CEILING_COMPONENTS = 24  # principal directions per feature token for the feature-ceiling diagnostic
 REPORT_KEYS = ("perplexity_ego", "perplexity_env", "codes_used_ego", "codes_used_env", "recon_gain",
                "ami_ego_command", "ami_env_command", "probe_ego_motion", "probe_env_motion", "probe_ego_agents",
                "probe_env_agents")
@@ -94,11 +95,14 @@ def scene_codes(store: SceneStore, cache, model, cfg: LAMConfig, split: str, bat
     return tokens, np.concatenate(env).reshape(shape), np.concatenate(ego).reshape(shape)
 
 
-def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str) -> dict:
+def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str,
+                 basis: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Codes (N, W, Q) of both codebooks, window motions (N, W, 9), agents' motion (N, W, 2), the feature
     errors of the split's scenes and the shuffled-latent diagnostic (recon gain with ego / env latents permuted
-    across windows, in chunks of ~256 windows)."""
+    across windows, in chunks of ~256 windows). With ``basis`` ((mean, (D, c)) of the frozen features), also the
+    windows' reduced frame-t features and their change, (N * W, T, c) each, for ``metrics.feature_ceiling``."""
     env, ego, motion, agents, tokens, recon, copy = [], [], [], [], [], [], []
+    frame, change = [], []
     chunk: list[tuple] = []
     sums: dict[str, float] = {}
     n_windows = 0
@@ -126,6 +130,9 @@ def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str) ->
         frames = store._log(log)["frames"]
         agents.append(np.stack([agents_motion(frames, st, st + wf) for st in starts]))
         recon.append(float(out["recon_mse"])), copy.append(float(out["copy_mse"]))
+        if basis is not None:
+            pt, ptp = ((x.numpy() - basis[0]) @ basis[1] for x in (ft, ftp))
+            frame.append(pt.astype(np.float32)), change.append((ptp - pt).astype(np.float32))
         chunk.append((ft, ftp, em))
         if sum(len(c[0]) for c in chunk) >= 256:
             flush()
@@ -138,7 +145,8 @@ def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str) ->
     diagnostics = {name: 1.0 - sums[k] / max(base, 1e-12) for k, name in names.items()}
     return {"tokens": tokens, "env": np.stack(env), "ego": np.stack(ego), "motion": np.stack(motion),
             "agents": np.stack(agents), "recon_mse": float(np.mean(recon)), "copy_mse": float(np.mean(copy)),
-            "diagnostics": diagnostics}
+            "diagnostics": diagnostics,
+            "frame": np.concatenate(frame) if frame else None, "change": np.concatenate(change) if change else None}
 
 
 def _open_cache(data: Path, cfg: LAMConfig, store: SceneStore, splits: tuple[str, ...], workers: int, quiet: bool,
@@ -222,8 +230,10 @@ def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fa
     cfg, model = load_run(run)
     store = open_store(data, verify_blobs=False)
     cache = _open_cache(data, cfg, store, ("train", "test"), workers, quiet, cache_root)
-    test = scene_tokens(store, cache, model, cfg, "test")
-    train = scene_tokens(store, cache, model, cfg, "train")
+    basis = M.pca_basis(np.concatenate([cache.load_log(log)[0].reshape(-1, model.feat_dim)
+                                        for log in split_logs(store, "train")[:200]]), CEILING_COMPONENTS)
+    test = scene_tokens(store, cache, model, cfg, "test", basis)
+    train = scene_tokens(store, cache, model, cfg, "train", basis)
     n_env, n_ego = cfg.model.env.codebook_size, cfg.model.ego.codebook_size
     out: dict = {
         "perplexity_ego": M.perplexity(test["ego"], n_ego), "perplexity_env": M.perplexity(test["env"], n_env),
@@ -253,6 +263,13 @@ def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fa
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
     # Diagnostics beside the contract keys (metrics.json only): the recon gain when the ego (or env) latents are
     # permuted across windows shows how much the forward model relies on each latent.
-    metrics.update(out, test_scenes=len(test["tokens"]), diagnostics=test["diagnostics"])
+    # The same agents' motion read linearly from the frozen features themselves: the env latents encode the change
+    # t -> t+Δ, so agents_ceiling_change bounds what probe_env_agents can reach on these features.
+    ceiling = M.feature_ceiling((train["frame"], train["change"], train["agents"].reshape(-1, 2)),
+                                (test["frame"], test["change"], test["agents"].reshape(-1, 2)))
+    diagnostics = {**test["diagnostics"], **{f"agents_ceiling_{k}": v for k, v in ceiling.items()},
+                   "agents_from_ego_motion": M.probe_r2(train["motion"].reshape(-1, 9), train["agents"].reshape(-1, 2),
+                                                        test["motion"].reshape(-1, 9), test["agents"].reshape(-1, 2))}
+    metrics.update(out, test_scenes=len(test["tokens"]), diagnostics=diagnostics)
     write_json(run / "metrics.json", metrics, indent=1)
     return out
