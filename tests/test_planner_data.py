@@ -145,6 +145,24 @@ def test_lidar_bev_golden():
     assert bev.dtype == np.float32
 
 
+def test_lidar_bev_forward_shift_golden():
+    """center_x_m = 16: the grid covers x in (-16, 48] at the same 1 m cells."""
+    cfg = LidarFeatureConfig(range_m=32.0, pixels=64, center_x_m=16.0)
+    pts = [(40.0, 0.0, 0.0), (48.0, 0.0, 0.0), (0.0, 0.0, 0.0), (-15.5, 3.0, 0.0)]
+    pts += [(-16.0, 0.0, 0.0), (-20.0, 0.0, 0.0), (48.5, 0.0, 0.0)]  # dropped: behind the shifted grid / beyond it
+    cloud = np.array([(x, y, z, 0.5, 0) for x, y, z in pts], dtype=np.float32)
+    bev = lidar_bev(Lidar(cloud).points, cfg)
+    expected = np.zeros((2, 64, 64), np.float32)
+    expected[0, 8, 32] = 0.2  # 40 m ahead: out of the centred grid, row 48 - 40 = 8 here
+    expected[0, 0, 32] = 0.2  # x == 48 is the top edge (inside)
+    expected[0, 48, 32] = 0.2  # the ego itself sits 16 rows above the bottom
+    expected[0, 63, 29] = 0.2
+    np.testing.assert_array_equal(bev, expected)
+    centred = lidar_bev(Lidar(cloud).points, LidarFeatureConfig(range_m=32.0, pixels=64))
+    assert centred[0, 8, 32] == 0.0 and centred[0, 0, 32] == 0.0  # 40 m and 48 m ahead are out of range
+    assert centred[0, 32, 32] == pytest.approx(0.2) and centred[0, 52, 32] == pytest.approx(0.2)  # ego; 20 m behind
+
+
 # --- targets -----------------------------------------------------------------------------------------------------
 def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
@@ -202,6 +220,20 @@ def test_bev_box_ahead_is_upper_middle():
     bev = bev_semantic_map(MapAPI("empty"), np.zeros(3), ann, [], 32.0, 64)
     rows, cols = np.nonzero(bev == CLS["vehicle"])
     assert set(range(20, 24)) <= set(rows) and set(rows) <= set(range(19, 25)) and set(cols) == {31, 32}
+
+
+def test_bev_targets_follow_the_forward_shift():
+    ann = _ann([(40.0, 0.0, 0.0, 4.5, 1.9, 1.5, 0.0), (-20.0, 2.0, 0.0, 4.5, 1.9, 1.5, 0.0)], ["vehicle", "vehicle"])
+    shifted = bev_semantic_map(MapAPI("empty"), np.zeros(3), ann, [], 32.0, 64, center_x=16.0)
+    rows, cols = np.nonzero(shifted == CLS["vehicle"])
+    assert set(rows) == set(range(5, 11)) and set(cols) == {31, 32}  # x in [37.75, 42.25]; the car behind is cut
+    centred = bev_semantic_map(MapAPI("empty"), np.zeros(3), ann, [], 32.0, 64)
+    rows, _ = np.nonzero(centred == CLS["vehicle"])
+    assert rows.min() >= 48  # only the car 20 m behind: the one 40 m ahead is out of the centred square
+    states, labels = agent_targets(ann, 32.0, 4, center_x=16.0)
+    assert labels.tolist() == [1.0, 0.0, 0.0, 0.0] and states[0, 0] == pytest.approx(40.0)
+    states, labels = agent_targets(ann, 32.0, 4)
+    assert labels.tolist() == [1.0, 0.0, 0.0, 0.0] and states[0, 0] == pytest.approx(-20.0)
 
 
 def test_red_light_in_a_world_scene(tiny_store, some_tokens):

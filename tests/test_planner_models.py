@@ -258,6 +258,26 @@ def test_ipad_bev_sampling_orientation() -> None:
     assert torch.allclose(s[0, 0, :, 1], torch.tensor((cfg.features.lidar.range_m - y) / cell - 0.5))
 
 
+def test_forward_shifted_grid_moves_sampling_and_agent_boxes() -> None:
+    cfg = small_cfg("ipad")
+    cfg.features.lidar.center_x_m = 16.0
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    c, side = model.trunk.bev_channels, model.trunk.bev_size[0]
+    cell = 2 * cfg.features.lidar.range_m / side
+    bev = torch.zeros(1, c, side, side)
+    bev[0, 0] = torch.arange(side, dtype=torch.float32)[:, None].expand(side, side)  # channel 0: row index
+    x = 20.0
+    proposal = torch.zeros(1, 1, 8, 3)
+    proposal[..., 0] = x
+    s = model.sample_bev(bev, proposal).view(1, 1, -1, c)
+    assert torch.allclose(s[0, 0, -1, 0], torch.tensor((cfg.features.lidar.range_m + 16.0 - x) / cell - 0.5))
+    head = model.agent_head
+    states, _ = head(torch.randn(2, 5, cfg.transfuser.dim) * 100)  # saturated tanh: the grid's edges
+    assert states[..., 0].min() >= 16.0 - 32.0 - 1e-4 and states[..., 0].max() <= 16.0 + 32.0 + 1e-4
+    assert states[..., 0].max() > 32.0  # reaches past the centred square's edge
+
+
 def test_sampling_matrix_points_along_the_trajectory() -> None:
     w = sampling_matrix(4, 8)
     assert torch.allclose(w.sum(1), torch.ones(4))

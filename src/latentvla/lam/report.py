@@ -96,7 +96,7 @@ def scene_codes(store: SceneStore, cache, model, cfg: LAMConfig, split: str, bat
 
 
 def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str,
-                 basis: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                 basis: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Codes (N, W, Q) of both codebooks, window motions (N, W, 9), agents' motion (N, W, 2), the feature
     errors of the split's scenes and the shuffled-latent diagnostic (recon gain with ego / env latents permuted
     across windows, in chunks of ~256 windows). With ``basis`` ((mean, (D, c)) of the frozen features), also the
@@ -130,9 +130,9 @@ def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str,
         frames = store._log(log)["frames"]
         agents.append(np.stack([agents_motion(frames, st, st + wf) for st in starts]))
         recon.append(float(out["recon_mse"])), copy.append(float(out["copy_mse"]))
-        if basis is not None:
-            pt, ptp = ((x.numpy() - basis[0]) @ basis[1] for x in (ft, ftp))
-            frame.append(pt.astype(np.float32)), change.append((ptp - pt).astype(np.float32))
+        if basis is not None:  # in torch: numpy BLAS calls between the model's steps fight torch for the cores
+            pt, ptp = ((x - basis[0]) @ basis[1] for x in (ft, ftp))
+            frame.append(pt.numpy()), change.append((ptp - pt).numpy())
         chunk.append((ft, ftp, em))
         if sum(len(c[0]) for c in chunk) >= 256:
             flush()
@@ -230,8 +230,9 @@ def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fa
     cfg, model = load_run(run)
     store = open_store(data, verify_blobs=False)
     cache = _open_cache(data, cfg, store, ("train", "test"), workers, quiet, cache_root)
-    basis = M.pca_basis(np.concatenate([cache.load_log(log)[0].reshape(-1, model.feat_dim)
-                                        for log in split_logs(store, "train")[:200]]), CEILING_COMPONENTS)
+    basis = tuple(torch.from_numpy(b).float() for b in M.pca_basis(
+        np.concatenate([cache.load_log(log)[0].reshape(-1, model.feat_dim) for log in split_logs(store, "train")[:200]]),
+        CEILING_COMPONENTS))
     test = scene_tokens(store, cache, model, cfg, "test", basis)
     train = scene_tokens(store, cache, model, cfg, "train", basis)
     n_env, n_ego = cfg.model.env.codebook_size, cfg.model.ego.codebook_size

@@ -43,9 +43,13 @@ class CameraFeatureConfig:
 @dataclass
 class LidarFeatureConfig:
     """TransFuser's BEV histogram: points counted per cell below / above ``split_height`` (ego z), clipped at
-    ``max_points`` and scaled to [0, 1]. The grid covers ``[-range_m, range_m]`` in x and y."""
+    ``max_points`` and scaled to [0, 1]. The grid covers ``center_x_m + [-range_m, range_m]`` in x and
+    ``[-range_m, range_m]`` in y."""
 
     range_m: float = 32.0
+    # x of the grid's centre in the ego frame. TransFuser's square (0) sees as far behind as ahead; a forward shift
+    # trades rear range for the hazards ahead at the same cell size (the BEV targets and boxes follow the grid).
+    center_x_m: float = 0.0
     pixels: int = 64
     split_height: float = 0.2
     max_points: int = 5

@@ -21,9 +21,10 @@ Keys (shapes without the batch dimension, see :func:`feature_shapes`):
   hard-coded, and checked against these channel counts.
 - camera, ``backbone = "none"``: ``camera`` uint8 (3, H, n*W): the resized RGB images stitched left to right.
 
-BEV grid (shared with the targets): the square ``[-range_m, range_m]^2`` of the ego frame in ``P x P`` cells of
-``2 * range_m / P`` metres; row 0 is +x (far ahead), column 0 is +y (left): cell (row, col) holds
-``range_m - (row + 1) * res < x <= range_m - row * res`` and likewise for y with col. Points outside are dropped.
+BEV grid (shared with the targets): the square ``[c - range_m, c + range_m] x [-range_m, range_m]`` of the ego
+frame (c = ``lidar.center_x_m``, 0 by default) in ``P x P`` cells of ``2 * range_m / P`` metres; row 0 is +x (far
+ahead), column 0 is +y (left): cell (row, col) holds ``c + range_m - (row + 1) * res < x <= c + range_m - row * res``
+and likewise for y with col (c = 0). Points outside are dropped.
 """
 
 from __future__ import annotations
@@ -89,11 +90,11 @@ def validate_feature_config(cfg: FeatureConfig) -> None:
 
 
 # --- BEV grid ----------------------------------------------------------------------------------------------------
-def bev_cells(xy: np.ndarray, range_m: float, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+def bev_cells(xy: np.ndarray, range_m: float, pixels: int, center_x: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Integer (row, col) cells of ego-frame points (N, 2) on the BEV grid (may lie outside [0, pixels))."""
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     res = 2.0 * range_m / pixels
-    row = np.floor((range_m - xy[:, 0]) / res).astype(np.int64)
+    row = np.floor((range_m + center_x - xy[:, 0]) / res).astype(np.int64)
     col = np.floor((range_m - xy[:, 1]) / res).astype(np.int64)
     return row, col
 
@@ -108,7 +109,7 @@ def lidar_bev(points: np.ndarray, cfg: LidarFeatureConfig) -> np.ndarray:
     # heights compare in the cloud's own precision, so a float32 z of 0.2 counts as "<= split_height = 0.2"
     lo, split, hi = (np.asarray(v, dtype=z.dtype if z.dtype.kind == "f" else np.float64)
                      for v in (cfg.min_height, cfg.split_height, cfg.max_height))
-    row, col = bev_cells(pts[:, :2], cfg.range_m, p)
+    row, col = bev_cells(pts[:, :2], cfg.range_m, p, cfg.center_x_m)
     keep = (z >= lo) & (z <= hi) & (row >= 0) & (row < p) & (col >= 0) & (col < p)
     channel = (z[keep] > split).astype(np.int64)
     flat = (channel * p + row[keep]) * p + col[keep]

@@ -146,7 +146,7 @@ class IPadModel(PlannerModel):
         self.register_buffer("score_weights", torch.tensor(
             [float(ip.score_weights.get(c, 0.0)) for c in PROPOSAL_SCORE_COLUMNS]), persistent=False)
         r = cfg.features.lidar.range_m
-        self.range_m = r
+        self.range_m, self.center_x = r, cfg.features.lidar.center_x_m
         self.register_buffer("pose_norm", torch.tensor([r, r, 1.0]), persistent=False)
         self.register_buffer("sample_weights", sampling_matrix(ip.points_per_proposal, NUM_POSES),
                              persistent=False)
@@ -157,7 +157,7 @@ class IPadModel(PlannerModel):
         # auxiliary perception (TransFuser's heads): agent queries decoded from the BEV tokens, BEV semantics
         self.agent_queries = nn.Parameter(torch.randn(1, cfg.features.targets.max_agents, dim) * 0.02)
         self.agent_decoder = QueryDecoder(dim, tf.heads, tf.decoder_layers, tf.mlp_ratio, tf.dropout)
-        self.agent_head = AgentHead(dim, r, tf.mlp_ratio)
+        self.agent_head = AgentHead(dim, r, tf.mlp_ratio, self.center_x)
         self.bev_head = BEVSemanticHead(c, self.trunk.bev_size, cfg.features.targets.bev_pixels)
         # proposals
         self.query_init = nn.Sequential(nn.Linear(NUM_POSES * POSE_DIM + EGO_DIM, dim), nn.ReLU(),
@@ -175,7 +175,7 @@ class IPadModel(PlannerModel):
         Grid orientation: row 0 = +x (ahead), column 0 = +y (left); points outside the grid read zeros."""
         xy = torch.cat([proposal.new_zeros(*proposal.shape[:2], 1, 2), proposal[..., :2]], dim=2)
         pts = torch.einsum("pt,bntc->bnpc", self.sample_weights, xy)  # (B, N, points, 2) metres
-        grid = torch.stack([-pts[..., 1], -pts[..., 0]], dim=-1) / self.range_m  # (column, row) in [-1, 1]
+        grid = torch.stack([-pts[..., 1], self.center_x - pts[..., 0]], dim=-1) / self.range_m  # (col, row) in [-1, 1]
         s = F.grid_sample(bev_map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return s.permute(0, 2, 3, 1).flatten(2)  # (B, N, points * C)
 

@@ -53,11 +53,11 @@ class QueryDecoder(nn.Module):
 
 class AgentHead(nn.Module):
     """Decoded agent queries -> (x, y, heading, length, width) and an existence logit (NAVSIM bounds: x, y
-    tanh * range, heading tanh * pi)."""
+    tanh * range around the BEV grid's centre, heading tanh * pi)."""
 
-    def __init__(self, dim: int, range_m: float, mlp_ratio: int = 4) -> None:
+    def __init__(self, dim: int, range_m: float, mlp_ratio: int = 4, center_x: float = 0.0) -> None:
         super().__init__()
-        self.range_m = range_m
+        self.range_m, self.center_x = range_m, center_x
         self.state = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.ReLU(), nn.Linear(mlp_ratio * dim,
                                                                                           len(AGENT_STATE_COLUMNS)))
         self.label = nn.Linear(dim, 1)
@@ -65,6 +65,8 @@ class AgentHead(nn.Module):
     def forward(self, q: Tensor) -> tuple[Tensor, Tensor]:
         s = self.state(q)
         xy = torch.tanh(s[..., :2]) * self.range_m
+        if self.center_x:
+            xy = xy + xy.new_tensor([self.center_x, 0.0])
         heading = torch.tanh(s[..., 2:3]) * math.pi
         return torch.cat([xy, heading, s[..., 3:]], dim=-1), self.label(q).squeeze(-1)
 
@@ -122,7 +124,7 @@ class TransFuserModel(PlannerModel):
         # the decoded trajectory query and, as a skip path, the ego embedding
         self.traj_head = nn.Sequential(nn.Linear(2 * dim, tf.mlp_ratio * dim), nn.ReLU(),
                                        nn.Linear(tf.mlp_ratio * dim, NUM_POSES * POSE_DIM))
-        self.agent_head = AgentHead(dim, cfg.features.lidar.range_m, tf.mlp_ratio)
+        self.agent_head = AgentHead(dim, cfg.features.lidar.range_m, tf.mlp_ratio, cfg.features.lidar.center_x_m)
         self.bev_head = BEVSemanticHead(self.trunk.bev_channels, self.trunk.bev_size,
                                         cfg.features.targets.bev_pixels)
         self.extras = DistillHeads(cfg, fusion_points=1)

@@ -63,18 +63,18 @@ def to_ego(points: np.ndarray, ego_pose: np.ndarray) -> np.ndarray:
 
 
 class BevCanvas:
-    """A P x P uint8 grid over ``[-range_m, range_m]^2`` of the ego frame (row 0 = +x, column 0 = +y), painted
-    with OpenCV in sub-pixel fixed point."""
+    """A P x P uint8 grid over ``[c - range_m, c + range_m] x [-range_m, range_m]`` of the ego frame (c =
+    ``center_x``; row 0 = +x, column 0 = +y), painted with OpenCV in sub-pixel fixed point."""
 
-    def __init__(self, range_m: float, pixels: int):
-        self.range_m, self.pixels = float(range_m), int(pixels)
+    def __init__(self, range_m: float, pixels: int, center_x: float = 0.0):
+        self.range_m, self.pixels, self.center_x = float(range_m), int(pixels), float(center_x)
         self.res = 2.0 * self.range_m / self.pixels
         self.image = np.zeros((self.pixels, self.pixels), dtype=np.uint8)
 
     def _pts(self, xy: np.ndarray) -> np.ndarray:
         """Ego (N, 2) -> cv2 fixed-point (N, 2) int32 (u = column, v = row; cell centres at integers)."""
         u = (self.range_m - xy[:, 1]) / self.res - 0.5
-        v = (self.range_m - xy[:, 0]) / self.res - 0.5
+        v = (self.range_m + self.center_x - xy[:, 0]) / self.res - 0.5
         return np.round(np.stack([u, v], axis=1) * (1 << _SHIFT)).astype(np.int32)
 
     def fill(self, polygons: list[np.ndarray], value: int) -> None:
@@ -144,13 +144,14 @@ def _map_index(map_api: MapAPI) -> _MapIndex:
 
 
 def bev_semantic_map(map_api: MapAPI, ego_pose: np.ndarray, annotations: Annotations,
-                     traffic_lights: Sequence[TrafficLightStatus], range_m: float, pixels: int) -> np.ndarray:
+                     traffic_lights: Sequence[TrafficLightStatus], range_m: float, pixels: int,
+                     center_x: float = 0.0) -> np.ndarray:
     """uint8 (P, P) class ids (index in ``BEV_CLASSES``) around ``ego_pose`` (global x, y, heading); boxes are
     in that ego frame, map geometry global."""
-    canvas = BevCanvas(range_m, pixels)
+    canvas = BevCanvas(range_m, pixels, center_x)
     idx = _map_index(map_api)
     pose = np.asarray(ego_pose, dtype=np.float64)
-    radius = range_m * np.sqrt(2.0) + 1.0
+    radius = range_m * np.sqrt(2.0) + abs(center_x) + 1.0
 
     def rings(layers: tuple[str, ...]) -> list[np.ndarray]:
         out = []
@@ -177,14 +178,15 @@ def bev_semantic_map(map_api: MapAPI, ego_pose: np.ndarray, annotations: Annotat
     return canvas.image
 
 
-def agent_targets(annotations: Annotations, range_m: float, max_agents: int) -> tuple[np.ndarray, np.ndarray]:
+def agent_targets(annotations: Annotations, range_m: float, max_agents: int, center_x: float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(agent_states float32 (N, 5), agent_labels float32 (N,)): nearest vehicles in the BEV square, padded."""
     states = np.zeros((max_agents, len(AGENT_STATE_COLUMNS)), dtype=np.float32)
     labels = np.zeros(max_agents, dtype=np.float32)
     boxes = np.asarray(annotations.boxes, dtype=np.float64).reshape(-1, 7)
     veh = np.array([n == "vehicle" for n in annotations.names], dtype=bool)
     b = boxes[veh]
-    b = b[(np.abs(b[:, 0]) <= range_m) & (np.abs(b[:, 1]) <= range_m)]
+    b = b[(np.abs(b[:, 0] - center_x) <= range_m) & (np.abs(b[:, 1]) <= range_m)]
     b = b[np.argsort(np.hypot(b[:, 0], b[:, 1]), kind="stable")][:max_agents]
     k = len(b)
     states[:k] = np.stack([b[:, 0], b[:, 1], wrap_angle(b[:, 6]), b[:, 3], b[:, 4]], axis=1) if k else states[:0]
@@ -206,12 +208,13 @@ class TargetBuilder:
         if not isinstance(scene, Scene):
             raise TypeError(f"targets are built from a Scene, got {type(scene).__name__}")
         frame = scene.current_frame
-        range_m = self.cfg.lidar.range_m
-        states, labels = agent_targets(frame.annotations, range_m, self.cfg.targets.max_agents)
+        range_m, center_x = self.cfg.lidar.range_m, self.cfg.lidar.center_x_m
+        states, labels = agent_targets(frame.annotations, range_m, self.cfg.targets.max_agents, center_x)
         return {
             "trajectory": scene.get_future_trajectory(TRAJECTORY_POSES).poses.astype(np.float32),
             "bev_semantic_map": bev_semantic_map(scene.map_api, frame.ego_status.ego_pose, frame.annotations,
-                                                 frame.traffic_lights, range_m, self.cfg.targets.bev_pixels),
+                                                 frame.traffic_lights, range_m, self.cfg.targets.bev_pixels,
+                                                 center_x),
             "agent_states": states,
             "agent_labels": labels,
         }
