@@ -222,6 +222,18 @@ def label(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fal
     return out
 
 
+def _basis_rows(cache, logs: list[str], feat_dim: int, max_rows: int = 20000, max_logs: int = 200) -> np.ndarray:
+    """Feature tokens (M <= ~max_rows, D) for the ceiling's PCA: evenly spaced frames of at most ``max_logs`` logs,
+    so memory stays small on real logs of hundreds of frames."""
+    logs = logs[:max_logs]
+    rows = []
+    for log in logs:
+        feats = cache.load_log(log)[0]
+        per_log = max(1, max_rows // max(1, len(logs) * feats.shape[1]))
+        rows.append(feats[np.linspace(0, len(feats) - 1, min(len(feats), per_log)).astype(int)].reshape(-1, feat_dim))
+    return np.concatenate(rows)
+
+
 def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = False,
            cache_root: str | Path | None = None) -> dict:
     """The contract metrics on the test split (probes fitted on train); also merged into RUN/metrics.json. Figures:
@@ -231,8 +243,7 @@ def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fa
     store = open_store(data, verify_blobs=False)
     cache = _open_cache(data, cfg, store, ("train", "test"), workers, quiet, cache_root)
     basis = tuple(torch.from_numpy(b).float() for b in M.pca_basis(
-        np.concatenate([cache.load_log(log)[0].reshape(-1, model.feat_dim) for log in split_logs(store, "train")[:200]]),
-        CEILING_COMPONENTS))
+        _basis_rows(cache, split_logs(store, "train"), model.feat_dim), CEILING_COMPONENTS))
     test = scene_tokens(store, cache, model, cfg, "test", basis)
     train = scene_tokens(store, cache, model, cfg, "train", basis)
     n_env, n_ego = cfg.model.env.codebook_size, cfg.model.ego.codebook_size
