@@ -341,3 +341,25 @@ def test_input_errors_are_clear() -> None:
         model({k: v for k, v in feats.items() if k != "camera_s16"})
     with pytest.raises(ValueError, match="ego_status"):
         model({**feats, "ego_status": feats["ego_status"][:, :4]})
+
+
+def test_transfuser_ego_prior_starts_at_the_ego_plan_and_learns_the_scene() -> None:
+    """With ``transfuser.ego_prior`` the untrained host's trajectory is exactly the ego-status MLP's; one
+    optimiser step later the scene correction moves it (the zero-initialised layer learns)."""
+    from latentvla.planner.modeling import bounded_poses
+
+    torch.manual_seed(0)
+    cfg = small_cfg("transfuser")
+    cfg.transfuser.ego_prior = True
+    model = build_model(cfg)
+    feats, targets = make_batch(cfg, b=3)
+    with torch.no_grad():
+        prior = bounded_poses(model.ego_prior(model.normalized_ego(feats)).view(3, 8, 3))
+        assert torch.equal(model(feats)["trajectory"], prior)
+    opt = torch.optim.SGD(model.traj_head.parameters(), lr=0.1)
+    model.compute_loss(feats, targets, model(feats))["loss"].backward()
+    opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(model(feats)["trajectory"], prior)
+    # the plain host has no prior module
+    assert build_model(small_cfg("transfuser")).ego_prior is None

@@ -133,3 +133,43 @@ def test_non_planner_run_is_not_an_agent(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"stage": "lam"}))
     with pytest.raises(ValueError, match="'lam' run directory"):
         load_agent(str(tmp_path))
+
+
+def test_lr_schedule_warmup_then_per_epoch_cosine():
+    """Golden, by hand: 3 epochs of 4 steps, half an epoch of warm-up (2 steps); the cosine steps per epoch."""
+    from latentvla.planner.train import lr_factor
+
+    f = lr_factor(epochs=3, steps_per_epoch=4, warmup_epochs=0.5)
+    want = [0.5, 1.0, 1.0, 1.0, 0.75, 0.75, 0.75, 0.75, 0.25, 0.25, 0.25, 0.25]
+    np.testing.assert_allclose([f(s) for s in range(12)], want, atol=1e-12)
+    plain = lr_factor(epochs=3, steps_per_epoch=4)  # no warm-up: torch's per-epoch cosine annealing
+    np.testing.assert_allclose([plain(s) for s in range(12)], [1.0] * 4 + [0.75] * 4 + [0.25] * 4, atol=1e-12)
+    with pytest.raises(ValueError, match="warmup_epochs >= 0"):
+        lr_factor(3, 4, -1.0)
+
+
+def test_ema_decay_ramp_golden():
+    from latentvla.planner.train import ema_decay_at
+
+    assert [ema_decay_at(0.99, n) for n in (0, 1, 8)] == [0.1, 2 / 11, 0.5]
+    assert ema_decay_at(0.99, 10_000) == 0.99
+
+
+def test_ema_run_saves_the_averaged_weights(tiny_world, runner, planner_cache_root, tmp_path):
+    """With ``train.ema_decay`` the saved model is the weight average that validation selected, not the raw
+    weights (which the checkpoint keeps for resuming)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from latentvla.planner.train import MODEL_FILE
+
+    run = tmp_path / "ego-mlp-ema"
+    res = runner.invoke(app, ["planner", "train", "--data", str(tiny_world), "--host", "ego-mlp", "--out", str(run),
+                              "--profile", "quick", "--workers", "1", "--quiet", "--cache-dir",
+                              str(planner_cache_root), "--set", "train.ema_decay=0.9"])
+    assert res.exit_code == 0, res.output
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    saved = load_file(str(run / MODEL_FILE))
+    name = next(k for k in saved if k.endswith("weight"))
+    torch.testing.assert_close(saved[name], ckpt["state_dict"][f"model.{name}"])
+    assert not torch.equal(saved[name], ckpt["current_model_state"][f"model.{name}"])

@@ -92,6 +92,10 @@ class TransFuserConfig:
     agent_box_weight: float = 1.0  # NAVSIM: box L1 weight inside the agent loss (and matching cost)
     trajectory_loss_weight: float = 10.0
     dropout: float = 0.0
+    # The trajectory as an ego-status prior (an EgoStatusMLP of ``ego_mlp``'s size) plus the fused scene's
+    # correction, whose last layer starts at zero: the host starts from the ego-only plan and learns what the scene
+    # changes, instead of rediscovering the ego shortcut through the transformer.
+    ego_prior: bool = False
 
 
 @dataclass
@@ -164,6 +168,13 @@ class PlannerTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     epochs: int = 10
+    # Linear learning-rate warm-up over the first ``warmup_epochs`` (fractions allowed) before the per-epoch cosine
+    # decay; 0 = none. ``grad_clip``: clip the global gradient norm to this value; 0 = off.
+    warmup_epochs: float = 0.0
+    grad_clip: float = 0.0
+    # Exponential moving average of the weights, updated every optimiser step (0 = off; 0.99 averages about the
+    # last 100 steps). Validation, the best-epoch selection and the saved model then use the averaged weights.
+    ema_decay: float = 0.0
     val_every_epochs: int = 1
     num_threads: int = 2
     workers: int = 1  # processes for feature / target caching

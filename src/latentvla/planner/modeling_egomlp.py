@@ -19,6 +19,19 @@ from latentvla.planner.modeling import (
 )
 
 
+def ego_trajectory_mlp(hidden: int, layers: int) -> nn.Sequential:
+    """Normalised ego status (8) -> ``layers`` ReLU layers of width ``hidden`` -> 8 x 3 raw pose outputs."""
+    if layers < 1 or hidden < 1:
+        raise ValueError(f"ego_mlp.layers and ego_mlp.hidden must be >= 1, got {layers}, {hidden}")
+    modules: list[nn.Module] = []
+    width = EGO_DIM
+    for _ in range(layers):
+        modules += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    modules.append(nn.Linear(width, NUM_POSES * POSE_DIM))
+    return nn.Sequential(*modules)
+
+
 class EgoMLPModel(PlannerModel):
     """Normalised ego status -> ``layers`` hidden ReLU layers of width ``hidden`` -> 8 x (x, y, heading)."""
 
@@ -26,16 +39,7 @@ class EgoMLPModel(PlannerModel):
 
     def __init__(self, cfg: PlannerConfig) -> None:
         super().__init__(cfg)
-        c = cfg.ego_mlp
-        if c.layers < 1 or c.hidden < 1:
-            raise ValueError(f"ego_mlp.layers and ego_mlp.hidden must be >= 1, got {c.layers}, {c.hidden}")
-        layers: list[nn.Module] = []
-        width = EGO_DIM
-        for _ in range(c.layers):
-            layers += [nn.Linear(width, c.hidden), nn.ReLU()]
-            width = c.hidden
-        layers.append(nn.Linear(width, NUM_POSES * POSE_DIM))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = ego_trajectory_mlp(cfg.ego_mlp.hidden, cfg.ego_mlp.layers)
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         ego = self.normalized_ego(features)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from latentvla.planner.backbones import DecoderBlock, PerceptionTrunk
 from latentvla.planner.configuration import AGENT_STATE_COLUMNS, BEV_CLASSES, PlannerConfig
 from latentvla.planner.fusion import DistillHeads, distill_losses
+from latentvla.planner.modeling_egomlp import ego_trajectory_mlp
 from latentvla.planner.modeling import (
     NUM_POSES,
     POSE_DIM,
@@ -124,13 +125,19 @@ class TransFuserModel(PlannerModel):
         # the decoded trajectory query and, as a skip path, the ego embedding
         self.traj_head = nn.Sequential(nn.Linear(2 * dim, tf.mlp_ratio * dim), nn.ReLU(),
                                        nn.Linear(tf.mlp_ratio * dim, NUM_POSES * POSE_DIM))
+        self.ego_prior = None
+        if tf.ego_prior:
+            self.ego_prior = ego_trajectory_mlp(cfg.ego_mlp.hidden, cfg.ego_mlp.layers)
+            nn.init.zeros_(self.traj_head[-1].weight)
+            nn.init.zeros_(self.traj_head[-1].bias)
         self.agent_head = AgentHead(dim, cfg.features.lidar.range_m, tf.mlp_ratio, cfg.features.lidar.center_x_m)
         self.bev_head = BEVSemanticHead(self.trunk.bev_channels, self.trunk.bev_size,
                                         cfg.features.targets.bev_pixels)
         self.extras = DistillHeads(cfg, fusion_points=1)
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        ego = self.ego_embed(self.normalized_ego(features))[:, None]  # (B, 1, dim)
+        ego_n = self.normalized_ego(features)
+        ego = self.ego_embed(ego_n)[:, None]  # (B, 1, dim)
         trunk = self.trunk(features)
         b = ego.shape[0]
         memory = torch.cat([trunk.bev_tokens, trunk.image_token, ego], dim=1)
@@ -141,8 +148,11 @@ class TransFuserModel(PlannerModel):
         if fusion is not None:
             plan = fusion.fuse(0, plan, fusion.context(features))
         agent_states, agent_labels = self.agent_head(out[:, 1:])
+        raw = self.traj_head(torch.cat([plan, ego], -1)).view(b, NUM_POSES * POSE_DIM)
+        if self.ego_prior is not None:
+            raw = raw + self.ego_prior(ego_n)
         predictions = {
-            "trajectory": bounded_poses(self.traj_head(torch.cat([plan, ego], -1)).view(b, NUM_POSES, POSE_DIM)),
+            "trajectory": bounded_poses(raw.view(b, NUM_POSES, POSE_DIM)),
             "agent_states": agent_states,
             "agent_labels": agent_labels,
             "bev_semantic_map": self.bev_head(trunk.bev_map),

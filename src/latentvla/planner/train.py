@@ -11,6 +11,7 @@ config, ``run.json`` (config hash, provenance) and ``metrics.json``; a finished 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from pathlib import Path
@@ -71,6 +72,48 @@ def displacement_errors(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Ten
     return d.mean(), d[:, -1].mean()
 
 
+def lr_factor(epochs: int, steps_per_epoch: int, warmup_epochs: float = 0.0):
+    """Step -> learning-rate factor: a linear warm-up over ``warmup_epochs`` times the cosine decay that steps once
+    per epoch (0.5 (1 + cos(pi e / epochs)), e = the step's epoch), so without warm-up the schedule is the plain
+    per-epoch cosine annealing. A transformer host started at full rate wanders for epochs and its outcome varies
+    with the seed; the warm-up is for it."""
+    if epochs < 1 or steps_per_epoch < 1 or warmup_epochs < 0:
+        raise ValueError(f"lr schedule needs epochs >= 1, steps_per_epoch >= 1 and warmup_epochs >= 0, got "
+                         f"{epochs}, {steps_per_epoch}, {warmup_epochs}")
+    warmup = warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        return ramp * 0.5 * (1.0 + math.cos(math.pi * (step // steps_per_epoch) / epochs))
+
+    return factor
+
+
+def ema_decay_at(decay: float, updates: int) -> float:
+    """Decay of the ``updates``-th EMA update (0-based count of earlier updates): min(decay, (1 + n) / (10 + n)).
+    The ramp keeps the average from dwelling on the random initial weights (a plain 0.99 average still holds
+    0.99^100 = 37% of them after a whole demo epoch)."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def ema_callback(decay: float):
+    """Lightning's weight-averaging callback as an exponential moving average (``train.ema_decay``, with the
+    warm-up of ``ema_decay_at``): it swaps the averaged weights in for validation and checkpoints (so
+    ``best.ckpt`` holds them) and keeps the raw weights for resuming."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in (0, 1) or 0 (off), got {decay}")
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(decay, int(num_averaged)))
+        else:  # integer buffers (batch-norm step counts) follow the model
+            torch._foreach_copy_(averaged, current)
+
+    return WeightAveraging(multi_avg_fn=update)
+
+
 def _module(model, cfg: PlannerConfig):
     import lightning as L
 
@@ -96,8 +139,10 @@ def _module(model, cfg: PlannerConfig):
             params = [p for p in self.model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                     fused=self.device.type == "cpu" or None)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.train.epochs))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+            per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // max(1, cfg.train.epochs))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.train.epochs, per_epoch,
+                                                                     cfg.train.warmup_epochs))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     return PlannerModule()
 
@@ -179,13 +224,15 @@ def _train(data: Path, run: Path, cfg: PlannerConfig, resume: bool, workers: int
     loader, accum = train_loader(ArrayDataset(ftr, ttr), cfg.train.batch_size, launch, cfg.seed)
     val_loader = torch.utils.data.DataLoader(ArrayDataset(fva, tva), batch_size=max(cfg.train.batch_size, 64))
     ckpt_dir = run / "checkpoints"
+    averaging = [ema_callback(cfg.train.ema_decay)] if cfg.train.ema_decay else []
     best = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/ade",
                                                mode="min", save_last=True, save_top_k=1)
     trainer = L.Trainer(max_epochs=cfg.train.epochs, logger=curve_logger(run, "planner"), log_every_n_steps=1,
                         deterministic=True, accumulate_grad_batches=accum,
+                        gradient_clip_val=cfg.train.grad_clip or None,
                         enable_progress_bar=not quiet, enable_model_summary=False, default_root_dir=str(ckpt_dir),
                         check_val_every_n_epoch=cfg.train.val_every_epochs, num_sanity_val_steps=0,
-                        callbacks=[best, timer := StepTimer(accum)], **trainer_kwargs(launch, "cpu"))
+                        callbacks=[best, timer := StepTimer(accum), *averaging], **trainer_kwargs(launch, "cpu"))
     last = ckpt_dir / "last.ckpt"
     module = _module(model, cfg)
     t0 = time.time()
