@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from latentvla.planner.backbones import DecoderBlock, PerceptionTrunk
 from latentvla.planner.configuration import AGENT_STATE_COLUMNS, BEV_CLASSES, PlannerConfig
 from latentvla.planner.fusion import DistillHeads, distill_losses
-from latentvla.planner.modeling_egomlp import ego_trajectory_mlp
 from latentvla.planner.modeling import (
     NUM_POSES,
     POSE_DIM,
@@ -32,6 +31,7 @@ from latentvla.planner.modeling import (
     ego_encoder,
     trajectory_l1,
 )
+from latentvla.planner.modeling_egomlp import ego_trajectory_mlp
 
 
 class QueryDecoder(nn.Module):
