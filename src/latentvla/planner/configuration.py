@@ -86,7 +86,7 @@ class TransFuserConfig:
     image_anchor: list[int] = field(default_factory=list)
     decoder_bev_tokens: int = 8  # the query decoder reads the fused BEV map pooled to this many tokens per side
     mlp_ratio: int = 2  # transformer MLP width / dim (fusion, decoder, iPad proposal layers); NAVSIM: 4
-    bev_loss_weight: float = 1.0
+    bev_loss_weight: float = 1.0  # NAVSIM: 10 (measured here over three seeds: no better, docs/TRAINING.md)
     agent_loss_weight: float = 1.0
     agent_class_weight: float = 10.0  # NAVSIM: existence BCE weight inside the agent loss (and matching cost)
     agent_box_weight: float = 1.0  # NAVSIM: box L1 weight inside the agent loss (and matching cost)

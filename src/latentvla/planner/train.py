@@ -75,8 +75,8 @@ def displacement_errors(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Ten
 def lr_factor(epochs: int, steps_per_epoch: int, warmup_epochs: float = 0.0):
     """Step -> learning-rate factor: a linear warm-up over ``warmup_epochs`` times the cosine decay that steps once
     per epoch (0.5 (1 + cos(pi e / epochs)), e = the step's epoch), so without warm-up the schedule is the plain
-    per-epoch cosine annealing. A transformer host started at full rate wanders for epochs and its outcome varies
-    with the seed; the warm-up is for it."""
+    per-epoch cosine annealing. (A one-epoch warm-up did not steady TransFuser on the demo world; the weight EMA
+    did, see docs/TRAINING.md.)"""
     if epochs < 1 or steps_per_epoch < 1 or warmup_epochs < 0:
         raise ValueError(f"lr schedule needs epochs >= 1, steps_per_epoch >= 1 and warmup_epochs >= 0, got "
                          f"{epochs}, {steps_per_epoch}, {warmup_epochs}")
