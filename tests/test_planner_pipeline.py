@@ -173,3 +173,15 @@ def test_ema_run_saves_the_averaged_weights(tiny_world, runner, planner_cache_ro
     name = next(k for k in saved if k.endswith("weight"))
     torch.testing.assert_close(saved[name], ckpt["state_dict"][f"model.{name}"])
     assert not torch.equal(saved[name], ckpt["current_model_state"][f"model.{name}"])
+
+
+@pytest.mark.parametrize("key,value", [("train.warmup_epochs", -1.0), ("train.grad_clip", -0.5),
+                                       ("train.ema_decay", 1.0), ("train.ema_decay", -0.1)])
+def test_bad_training_options_fail_before_any_work(key, value):
+    from latentvla.planner.configuration import PlannerConfig
+
+    cfg = PlannerConfig()
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, value)
+    with pytest.raises(ValueError, match="train.ema_decay in \\(0, 1\\)"):
+        PlannerConfig(train=cfg.train)

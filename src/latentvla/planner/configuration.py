@@ -202,6 +202,10 @@ class PlannerConfig:
                                        or self.distill.full_key):
             raise ValueError("the ego-mlp host has no scene tokens or planning queries: fusion and distillation "
                              "need host transfuser or ipad")
+        t = self.train
+        if t.warmup_epochs < 0 or t.grad_clip < 0 or not (t.ema_decay == 0.0 or 0.0 < t.ema_decay < 1.0):
+            raise ValueError(f"train.warmup_epochs and train.grad_clip must be >= 0 and train.ema_decay in (0, 1) "
+                             f"or 0 (off), got {t.warmup_epochs}, {t.grad_clip}, {t.ema_decay}")
         if self.features.camera.backbone not in ("efficientnet-lite0", "none"):
             raise ValueError(f"features.camera.backbone '{self.features.camera.backbone}' invalid; "
                              f"valid: ['efficientnet-lite0', 'none']")

@@ -99,11 +99,8 @@ def ema_decay_at(decay: float, updates: int) -> float:
 def ema_callback(decay: float):
     """Lightning's weight-averaging callback as an exponential moving average (``train.ema_decay``, with the
     warm-up of ``ema_decay_at``): it swaps the averaged weights in for validation and checkpoints (so
-    ``best.ckpt`` holds them) and keeps the raw weights for resuming."""
+    ``best.ckpt`` holds them) and keeps the raw weights for resuming. ``PlannerConfig`` checks the range."""
     from lightning.pytorch.callbacks import WeightAveraging
-
-    if not 0.0 < decay < 1.0:
-        raise ValueError(f"train.ema_decay must be in (0, 1) or 0 (off), got {decay}")
 
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         if averaged[0].is_floating_point():
