@@ -316,3 +316,64 @@ def test_cache_errors(built, tiny_world, enc_cfg, tmp_path):
     meta.write_text(meta.read_text().replace('"weights": "', '"weights": "0'))
     with pytest.raises(DataError, match="delete"):
         FeatureCache.open(tiny_world, enc_cfg, cache_root=root, quiet=True)
+
+
+def test_lidar_bev_encoder_golden_cells_and_cache(tiny_world, tmp_path):
+    """``lidar-bev``: a return lands in the hand-computed patch token and channel, counts clip at max_points, and
+    the cache stores the encoding of each frame's own sweep."""
+    cfg = EncoderConfig(name="lidar-bev", bev_grid=(4, 4), bev_pixels=64, bev_range_m=32.0)
+    enc = build_encoder(cfg)
+    assert (enc.sensor, enc.num_tokens, enc.dim) == ("lidar", 16, 2 * 16 * 16)
+    # x = 10.2 m ahead, y = 5.3 m right: row floor((32 - 10.2) / 1) = 21, col floor((32 + 5.3) / 1) = 37 -> token
+    # (21 // 16) * 4 + 37 // 16 = 6; inside it channel 1 (z 1.0 > 0.2), local (5, 5) -> 256 + 5 * 16 + 5 = 341
+    high = np.array([[10.2, -5.3, 1.0, 0.0, 0.0]] * 7, dtype=np.float32)
+    low = np.array([[-31.5, 31.5, 0.0, 0.0, 0.0]], dtype=np.float32)  # row 63, col 0: token 12, ch 0, (15, 0)
+    out = enc.encode_frames([np.concatenate([high, low]), low[:0]])
+    assert out.shape == (2, 16, 512) and out.dtype == np.float32
+    expect = np.zeros((2, 16, 512), np.float32)
+    expect[0, 6, 341] = 1.0  # 7 returns clipped at max_points = 5
+    expect[0, 12, 15 * 16] = 1 / 5
+    np.testing.assert_array_equal(out, expect)
+    with pytest.raises(EncoderError, match="LiDAR"):
+        enc.encode(np.zeros((1, 8, 8, 3), np.uint8))
+    with pytest.raises(EncoderError, match="bev_pixels"):
+        build_encoder(dataclasses.replace(cfg, bev_pixels=30))
+
+    cache = FeatureCache.open(tiny_world, cfg, cache_root=tmp_path, logs=LOGS3[:1], quiet=True)
+    store = SceneStore(tiny_world)
+    tokens, _, sweeps = store.log_sensor(LOGS3[0], "lidar")
+    feats, frame_tokens = cache.load_log(LOGS3[0])
+    assert frame_tokens == tokens
+    np.testing.assert_allclose(feats, enc.encode_frames(list(sweeps)), atol=1e-3)  # float16 storage of k / 5
+    assert feats.shape == (len(tokens), 16, 512) and feats.max() > 0
+    assert cache.key != feature_cache_key(tiny_world, dataclasses.replace(cfg, bev_pixels=32))
+
+
+def test_camera_lidar_features_block_layout(built, tiny_world, enc_cfg, tmp_path):
+    """``encoder.lidar``: camera tokens then scaled LiDAR tokens in one block array; the camera part reuses the
+    camera-only cache (its key ignores the LiDAR fields); workers reopen the same caches from their paths."""
+    from latentvla.lam.features import CameraLidarFeatures, open_features, reopen_features, sensor_configs
+
+    cfg = dataclasses.replace(enc_cfg, lidar=True, lidar_scale=2.0, bev_pixels=16, bev_grid=(2, 2))
+    assert feature_cache_key(tiny_world, dataclasses.replace(enc_cfg, bev_pixels=16, bev_grid=(2, 2))) == built.key
+    camera_cfg, lidar_cfg = sensor_configs(cfg)
+    assert camera_cfg.name == enc_cfg.name and lidar_cfg.name == "lidar-bev" and not camera_cfg.lidar
+    feats = open_features(tiny_world, cfg, cache_root=built.path.parent, logs=LOGS3[:2], quiet=True)
+    assert isinstance(feats, CameraLidarFeatures) and feats.camera.built == [] and feats.lidar.built == LOGS3[:2]
+    assert feats.paths[0] == built.path
+    lidar_only = FeatureCache(feats.lidar.path, lidar_cfg)
+    for log in LOGS3[:2]:
+        x, tokens = feats.load_log(log)
+        cam, lid = built.load_log(log)[0], lidar_only.load_log(log)[0]
+        assert x.shape == (len(tokens), 2 + 4, 1280 + 2 * 8 * 8) and lid.shape[1:] == (4, 128) and lid.max() > 0
+        np.testing.assert_array_equal(x[:, :2, :1280], cam)
+        np.testing.assert_array_equal(x[:, 2:, 1280:], 2.0 * lid)
+        assert not x[:, :2, 1280:].any() and not x[:, 2:, :1280].any() and not x.flags.writeable
+        assert tokens == built.frame_tokens(log) and feats.frame_index(log, tokens[3]) == 3
+        np.testing.assert_array_equal(reopen_features([str(p) for p in feats.paths], cfg).load_log(log)[0], x)
+    with pytest.raises(ValueError, match="open_features"):
+        FeatureCache.open(tiny_world, cfg, cache_root=tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="lidar_scale"):
+        open_features(tiny_world, dataclasses.replace(cfg, lidar_scale=0.0), cache_root=tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="already"):
+        open_features(tiny_world, dataclasses.replace(cfg, name="lidar-bev"), cache_root=tmp_path, quiet=True)

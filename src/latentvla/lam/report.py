@@ -151,17 +151,17 @@ def scene_tokens(store: SceneStore, cache, model, cfg: LAMConfig, split: str,
 
 def _open_cache(data: Path, cfg: LAMConfig, store: SceneStore, splits: tuple[str, ...], workers: int, quiet: bool,
                 cache_root: str | Path | None):
-    from latentvla.lam.features import FeatureCache
+    from latentvla.lam.features import open_features
 
     logs = [log for s in splits for log in split_logs(store, s)]
-    return FeatureCache.open(data, cfg.encoder, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
+    return open_features(data, cfg.encoder, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
 
 
 @dataclass
 class _LabelJob:
     run: str
     data: str
-    features: str  # the feature cache directory
+    features: list[str]  # the feature cache directories (one per sensor)
     log: str
     split: str
     tokens: list[str]
@@ -174,12 +174,12 @@ _RUNS: dict[str, tuple] = {}
 def _label_log(job: _LabelJob) -> tuple[str, int]:
     """Label one log's scenes into its own shard (atomic): a killed labelling keeps its finished logs."""
     from latentvla.data.store import process_store
-    from latentvla.lam.features import FeatureCache
+    from latentvla.lam.features import reopen_features
 
     if job.run not in _RUNS:
         cfg, model = load_run(job.run)
         _RUNS.clear()
-        _RUNS[job.run] = cfg, model, FeatureCache(Path(job.features), cfg.encoder)
+        _RUNS[job.run] = cfg, model, reopen_features(job.features, cfg.encoder)
     cfg, model, cache = _RUNS[job.run]
     tokens, env, ego = scene_codes(process_store(job.data), cache, model, cfg, job.split, tokens_subset=job.tokens)
     rows = {tok: {"split": job.split, "ego": ego[i].ravel().tolist(), "env": env[i].ravel().tolist()}
@@ -206,7 +206,8 @@ def label(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fal
     store = open_store(data, verify_blobs=False)
     cache = _open_cache(data, cfg, store, ("train", "val", "test"), workers, quiet, cache_root)
     shards = run / "labels" / f"{digest}.shards"
-    jobs = [_LabelJob(str(run), str(data), str(cache.path), log, split, toks, str(shards / f"{log}.json"))
+    paths = [str(p) for p in cache.paths]
+    jobs = [_LabelJob(str(run), str(data), paths, log, split, toks, str(shards / f"{log}.json"))
             for split in ("train", "val", "test") for log, toks in store.tokens_by_log(split).items()]
     todo = [j for j in jobs if not Path(j.out).is_file()]
     with progress_bar(disable=quiet) as bar:

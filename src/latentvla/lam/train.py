@@ -115,7 +115,7 @@ def train(data: str | Path, run: str | Path, cfg: LAMConfig, stages: str = "both
     """Train the requested stages into ``run``; returns the run's metrics dict (empty on ranks other than 0).
     Frozen-encoder features are cached under ``cache_root`` (default DATA/feature_cache). Under DDP the EMA
     codebook statistics are rank 0's (DDP broadcasts buffers); the straight-through quantizer has no such state."""
-    from latentvla.lam.features import FeatureCache
+    from latentvla.lam.features import open_features
     from latentvla.lam.modeling import LatentActionModel
 
     if stages not in ("1", "2", "both"):
@@ -135,7 +135,7 @@ def train(data: str | Path, run: str | Path, cfg: LAMConfig, stages: str = "both
     torch.set_num_threads(cfg.train.num_threads)
     store = open_store(data, verify_blobs=False)
     logs = split_logs(store, "train") + split_logs(store, "val")
-    cache = FeatureCache.open(data, cfg.encoder, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
+    cache = open_features(data, cfg.encoder, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
     train_set, val_set = load_split(store, cache, cfg, "train"), load_split(store, cache, cfg, "val")
     sample = train_set[0][0]
     model = LatentActionModel(cfg.model, feat_dim=sample.shape[-1], tokens=sample.shape[0])
