@@ -47,7 +47,10 @@ def read_data_file(path: str | Path, what: str = "") -> bytes:
         raise DataError(f"{what}{path} is missing") from None
 
 
-class _LRU(OrderedDict):
+class LRU(OrderedDict):
+    """A dict of at most ``size`` entries: ``get_or(key, make)`` returns the entry (now the most recent) or stores
+    ``make()``, dropping the least recently used entry beyond ``size``."""
+
     def __init__(self, size: int):
         super().__init__()
         self.size = size
@@ -84,8 +87,8 @@ class SceneStore:
         self.manifest = manifest
         self.verify_blobs = verify_blobs
         self._index = {s["token"]: s for s in self.manifest["scenes"]}
-        self._logs = _LRU(cache_logs)
-        self._maps = _LRU(8)
+        self._logs = LRU(cache_logs)
+        self._maps = LRU(8)
 
     # --- index ------------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from latentvla.config import config_hash, from_dict, to_dict
 from latentvla.data.store import (
+    LRU,
     DataError,
     SceneStore,
     data_label,
@@ -135,8 +135,7 @@ class FeatureCache:
         self.data = data
         self.logs = list(logs or [])
         self.built: list[str] = []  # logs encoded by the last open()/ensure()
-        self._loaded: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_logs = cache_logs
+        self._loaded: LRU = LRU(cache_logs)
         self._tokens: dict[str, list[str]] = {}
         self._index: dict[str, dict[str, int]] = {}
         self._stamps: dict[str, np.ndarray] = {}
@@ -236,21 +235,19 @@ class FeatureCache:
 
     def load_log(self, log: str) -> tuple[np.ndarray, list[str]]:
         """(features float32 (F, T, D), read-only; frame tokens in time order)."""
-        if log in self._loaded:
-            self._loaded.move_to_end(log)
-        else:
+
+        def read() -> np.ndarray:
             arrays = self._read(log)
             feats = arrays["features"].astype(np.float32)
             feats.flags.writeable = False
-            self._loaded[log] = feats
-            while len(self._loaded) > self._cache_logs:
-                self._loaded.popitem(last=False)
             if log not in self._tokens:
                 tokens = [str(t) for t in arrays["frame_tokens"]]
                 self._tokens[log] = tokens
                 self._index[log] = {t: i for i, t in enumerate(tokens)}
                 self._stamps[log] = arrays["timestamps"]
-        return self._loaded[log], list(self._tokens[log])
+            return feats
+
+        return self._loaded.get_or(log, read), list(self._tokens[log])
 
     def frame_tokens(self, log: str) -> list[str]:
         self._meta(log)
@@ -295,28 +292,24 @@ class CameraLidarFeatures:
     def __init__(self, camera: FeatureCache, lidar: FeatureCache, scale: float, cache_logs: int = 8):
         self.camera, self.lidar, self.scale = camera, lidar, float(scale)
         self.paths = [camera.path, lidar.path]
-        self._loaded: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_logs = cache_logs
+        self._loaded: LRU = LRU(cache_logs)
+
+    def _join(self, log: str) -> np.ndarray:
+        cam, tokens = self.camera.load_log(log)
+        lid, lidar_tokens = self.lidar.load_log(log)
+        if lidar_tokens != tokens:
+            raise DataError(f"log {log}: the camera features ({self.camera.file(log)}) and the LiDAR features "
+                            f"({self.lidar.file(log)}) list different frames; delete both files to rebuild them")
+        (f, tc, dc), (tl, dl) = cam.shape, lid.shape[1:]
+        out = np.zeros((f, tc + tl, dc + dl), np.float32)
+        out[:, :tc, :dc] = cam
+        out[:, tc:, dc:] = lid * np.float32(self.scale)
+        out.flags.writeable = False
+        return out
 
     def load_log(self, log: str) -> tuple[np.ndarray, list[str]]:
         """(features float32 (F, Tc + Tl, Dc + Dl), read-only; frame tokens in time order)."""
-        if log in self._loaded:
-            self._loaded.move_to_end(log)
-        else:
-            cam, tokens = self.camera.load_log(log)
-            lid, lidar_tokens = self.lidar.load_log(log)
-            if lidar_tokens != tokens:
-                raise DataError(f"log {log}: the camera features ({self.camera.file(log)}) and the LiDAR features "
-                                f"({self.lidar.file(log)}) list different frames; delete both files to rebuild them")
-            (f, tc, dc), (tl, dl) = cam.shape, lid.shape[1:]
-            out = np.zeros((f, tc + tl, dc + dl), np.float32)
-            out[:, :tc, :dc] = cam
-            out[:, tc:, dc:] = lid * np.float32(self.scale)
-            out.flags.writeable = False
-            self._loaded[log] = out
-            while len(self._loaded) > self._cache_logs:
-                self._loaded.popitem(last=False)
-        return self._loaded[log], self.camera.frame_tokens(log)
+        return self._loaded.get_or(log, lambda: self._join(log)), self.camera.frame_tokens(log)
 
     def frame_tokens(self, log: str) -> list[str]:
         return self.camera.frame_tokens(log)
