@@ -36,6 +36,13 @@ class EncoderConfig:
     lidar: bool = False
     lidar_scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.lidar and self.name == "lidar-bev":
+            raise ValueError("encoder.lidar appends LiDAR tokens to a camera encoder's; encoder.name is already "
+                             "lidar-bev (set encoder.lidar=false)")
+        if self.lidar and not self.lidar_scale > 0:
+            raise ValueError(f"encoder.lidar_scale must be > 0, got {self.lidar_scale}")
+
 
 @dataclass
 class QuantizerConfig:

@@ -66,6 +66,7 @@ import cv2
 import numpy as np
 
 from latentvla.lam.configuration import EncoderConfig
+from latentvla.planner.configuration import LidarFeatureConfig
 
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
 HF_PREFIX = "hf:"
@@ -350,20 +351,19 @@ class LidarBEVEncoder(FrameEncoder):
                                f"positive")
         self.grid, self.num_tokens = (rows, cols), rows * cols
         self.dim = 2 * (p // rows) * (p // cols)
+        self._histogram = LidarFeatureConfig(range_m=float(cfg.bev_range_m), center_x_m=float(cfg.bev_center_x_m),
+                                             pixels=p)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         raise EncoderError(f"encoder '{self.name}' reads LiDAR sweeps, not images: call encode_frames(point clouds)")
 
     def encode_frames(self, frames: list[np.ndarray]) -> np.ndarray:
-        from latentvla.planner.configuration import LidarFeatureConfig
         from latentvla.planner.features import lidar_bev  # lazy: the planner's features import this module
 
         p, (rows, cols) = int(self.cfg.bev_pixels), self.grid
-        lid = LidarFeatureConfig(range_m=float(self.cfg.bev_range_m), center_x_m=float(self.cfg.bev_center_x_m),
-                                 pixels=p)
         if not len(frames):
             return np.zeros((0, self.num_tokens, self.dim), np.float32)
-        bev = np.stack([lidar_bev(points, lid) for points in frames])  # (N, 2, P, P)
+        bev = np.stack([lidar_bev(points, self._histogram) for points in frames])  # (N, 2, P, P)
         patches = bev.reshape(len(bev), 2, rows, p // rows, cols, p // cols).transpose(0, 2, 4, 1, 3, 5)
         return np.ascontiguousarray(patches.reshape(len(bev), rows * cols, self.dim), dtype=np.float32)
 

@@ -271,13 +271,8 @@ class FeatureCache:
 def sensor_configs(enc_cfg: EncoderConfig) -> list[EncoderConfig]:
     """One encoder config per cache: the config itself, or with ``lidar`` its camera part and its ``lidar-bev`` part
     (each with only the fields it reads set, so each reuses the cache of the same encoder run alone)."""
-    if not enc_cfg.lidar:
+    if not enc_cfg.lidar:  # (EncoderConfig itself rejects lidar with lidar-bev and a lidar_scale <= 0)
         return [enc_cfg]
-    if enc_cfg.name == LIDAR_BEV:
-        raise ValueError("encoder.lidar appends LiDAR tokens to a camera encoder's; encoder.name is already "
-                         "lidar-bev (set encoder.lidar=false)")
-    if not enc_cfg.lidar_scale > 0:
-        raise ValueError(f"encoder.lidar_scale must be > 0, got {enc_cfg.lidar_scale}")
     base = EncoderConfig()
     camera = dataclasses.replace(enc_cfg, **{k: getattr(base, k) for k in _LIDAR_FIELDS})
     lidar = dataclasses.replace(enc_cfg, name=LIDAR_BEV, **{k: getattr(base, k) for k in _CAMERA_FIELDS})
@@ -326,12 +321,14 @@ def open_features(data_dir: str | Path, enc_cfg: EncoderConfig, cache_root: str 
                   ) -> FeatureCache | CameraLidarFeatures:
     """The LAM's frame features for ``enc_cfg``: its :class:`FeatureCache`, or with ``encoder.lidar`` the camera
     and LiDAR caches joined (each built where missing, see ``FeatureCache.open``)."""
-    caches = [FeatureCache.open(data_dir, c, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
-              for c in sensor_configs(enc_cfg)]
-    return caches[0] if len(caches) == 1 else CameraLidarFeatures(*caches, scale=enc_cfg.lidar_scale)
+    return _joined([FeatureCache.open(data_dir, c, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
+                    for c in sensor_configs(enc_cfg)], enc_cfg)
 
 
 def reopen_features(paths: list[str], enc_cfg: EncoderConfig) -> FeatureCache | CameraLidarFeatures:
     """Open built caches (``features.paths``) without the dataset, e.g. in a worker process."""
-    caches = [FeatureCache(Path(p), c) for p, c in zip(paths, sensor_configs(enc_cfg), strict=True)]
+    return _joined([FeatureCache(Path(p), c) for p, c in zip(paths, sensor_configs(enc_cfg), strict=True)], enc_cfg)
+
+
+def _joined(caches: list[FeatureCache], enc_cfg: EncoderConfig) -> FeatureCache | CameraLidarFeatures:
     return caches[0] if len(caches) == 1 else CameraLidarFeatures(*caches, scale=enc_cfg.lidar_scale)
