@@ -142,6 +142,26 @@ def test_paired_bootstrap_deterministic_and_seed_dependent():
     assert r1[0] == paired_bootstrap(a, b, n_boot=1000, seed=6)[0]
 
 
+def test_log_bootstrap_golden_and_singleton_logs_equal_the_scene_bootstrap():
+    # d = [1, 1, 1, 0, 0, 0] from two logs of three scenes: a log resample's mean is 0, 1/2 or 1 (p 1/4, 1/2, 1/4),
+    # so the 95% interval is [0, 1]; resampling scenes gives k/6 with k ~ Binomial(6, 1/2): P(k=0) = 1/64 < 2.5%
+    # < P(k<=1) = 7/64, so [1/6, 5/6]: scenes of one log are not independent evidence.
+    a, b = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), np.zeros(6)
+    assert paired_bootstrap(a, b, n_boot=20000, seed=1, groups=np.array(["A"] * 3 + ["B"] * 3)) == (0.5, 0.0, 1.0)
+    m, lo, hi = paired_bootstrap(a, b, n_boot=20000, seed=1)
+    assert (m, lo, hi) == pytest.approx((0.5, 1 / 6, 5 / 6))
+    # unequal logs: the statistic is the scene-weighted mean of the drawn logs (AA -> 1, AB / BA -> 1/3, BB -> 0)
+    m, lo, hi = paired_bootstrap(np.array([1.0, 0.0, 0.0]), np.zeros(3), n_boot=20000, groups=["A", "B", "B"])
+    assert m == pytest.approx(1 / 3) and (lo, hi) == (0.0, 1.0)
+    # one scene per log, listed in scene order (any labels): the same draws as the scene bootstrap, exactly
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(size=(3, 40)), rng.uniform(size=(3, 40))
+    assert paired_bootstrap(a, b, n_boot=3000, seed=4, groups=[f"log{99 - i}" for i in range(40)]) == \
+        paired_bootstrap(a, b, n_boot=3000, seed=4)
+    with pytest.raises(ValueError, match="one label per scene"):
+        paired_bootstrap(a, b, groups=["x"] * 39)
+
+
 def test_paired_bootstrap_shape_errors():
     with pytest.raises(ValueError, match="seeds"):
         paired_bootstrap(np.zeros((3, 5)), np.zeros((2, 5)))
@@ -209,6 +229,19 @@ def test_build_table_contract_pairs_recovery_and_single_seed_reference():
     assert t["recovery"] == pytest.approx(0.5)
     assert build_table(models, {}, None, n_boot=10)["recovery"] is None
     assert build_table({"ref": models["ref"]}, PAIRS, RECOVERY, n_boot=10)["recovery"] is None
+
+
+def test_build_table_log_clustered_pairs():
+    models = _models()
+    t = build_table(models, PAIRS, RECOVERY, n_boot=500)
+    logs = {f"s{i}": f"log{i // 2}" for i in range(6)}  # three logs of two scenes
+    tl = build_table(models, PAIRS, RECOVERY, n_boot=500, logs=logs)
+    assert tl["paired"] == t["paired"] and tl["logs"] == 3 and set(tl["paired_by_log"]) == set(t["paired"])
+    for name, (m, lo, hi) in tl["paired_by_log"].items():
+        assert m == t["paired"][name][0] and lo <= m <= hi
+    assert "the 3 logs" in str(render_tables(tl)[0].caption)
+    with pytest.raises(ValueError, match="'s5' has no log"):
+        build_table(models, PAIRS, RECOVERY, n_boot=10, logs={k: v for k, v in logs.items() if k != "s5"})
 
 
 def test_build_table_aligns_tokens_and_rejects_mismatches():

@@ -64,7 +64,8 @@ def experiment_ablations(plan: Plan, names: tuple[str, ...] = ABLATIONS, threads
 
     from latentvla.experiment.runs import train_all
     from latentvla.experiment.stats import build_table
-    from latentvla.experiment.table import publish, score_models
+    from latentvla.data.store import open_store
+    from latentvla.experiment.table import publish, scene_logs, score_models
     from latentvla.planner.sources import Sources
 
     console = console or Console(stderr=True)
@@ -94,7 +95,8 @@ def experiment_ablations(plan: Plan, names: tuple[str, ...] = ABLATIONS, threads
     models = score_models(plan, rows, threads, console)
     pairs = {f"{row}-vs-{ref}": (row, ref) for row in rows if row not in ("full", "distilled")
              for ref in ["full" if row.endswith("-full") else "distilled"]}
-    table = build_table(models, pairs=pairs, recovery_of=("full", "distilled", "ipad") if "ipad" in models else None)
+    table = build_table(models, pairs=pairs, recovery_of=("full", "distilled", "ipad") if "ipad" in models else None,
+                        logs=scene_logs(open_store(plan.data, verify_blobs=False)))
     table["ablations"] = list(names)
     publish(table, plan, threads, "ablations", console)
     write_json(plan.out / "ablation_runs.json", {row: {str(s): str(p) for s, p in by_seed.items()}

@@ -99,13 +99,18 @@ def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0,
-                     ci: float = 0.95) -> tuple[float, float, float]:
+                     ci: float = 0.95, groups: np.ndarray | None = None) -> tuple[float, float, float]:
     """(mean difference a - b, lo, hi): percentile bootstrap over scenes of the per-scene paired difference.
 
     ``a`` and ``b`` are (S seeds, N scenes) (or (N,)) scores of two models on the same scenes, seeds paired by
     index. The per-scene difference is averaged over seeds *before* resampling, so the scene is the unit and seed
     noise enters through the per-scene mean. Resampling runs in chunks of at most ``BOOT_CHUNK_ELEMENTS`` indices
     (10k x 2000 scenes takes well under a second in bounded memory) and is deterministic for a given ``seed``.
+
+    ``groups`` (N labels, e.g. each scene's log) makes it a cluster bootstrap: whole groups are resampled and the
+    statistic is the scene-weighted mean of the drawn groups. Scenes cut from one log share its situation, so
+    they are not independent, and the scene bootstrap is then too narrow; with one scene per group (in scene order)
+    the two bootstraps draw the same indices and agree exactly.
     """
     a2, b2 = _as_2d(a, "a"), _as_2d(b, "b")
     if a2.shape != b2.shape:
@@ -117,13 +122,25 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: in
     if n_boot < 1 or not 0.0 < ci < 1.0:
         raise ValueError(f"need n_boot >= 1 and 0 < ci < 1, got n_boot={n_boot}, ci={ci}")
     d = (a2 - b2).mean(axis=0) if a2.shape[0] > 1 else a2[0] - b2[0]
-    n = d.shape[0]
+    if groups is None:
+        sums, counts = d, np.ones_like(d)
+    else:
+        labels = np.asarray(groups)
+        if labels.shape != d.shape:
+            raise ValueError(f"groups must hold one label per scene ({d.shape[0]}), got shape {labels.shape}")
+        _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+        order = np.argsort(np.argsort(first))  # group ids in order of first appearance
+        inverse = order[inverse]
+        sums = np.bincount(inverse, weights=d)
+        counts = np.bincount(inverse).astype(np.float64)
+    n = sums.shape[0]
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot, dtype=np.float64)
     chunk = max(1, BOOT_CHUNK_ELEMENTS // n)
     for i in range(0, n_boot, chunk):
         m = min(chunk, n_boot - i)
-        means[i:i + m] = d[rng.integers(0, n, size=(m, n))].mean(axis=1)
+        idx = rng.integers(0, n, size=(m, n))
+        means[i:i + m] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     alpha = (1.0 - ci) / 2.0
     lo, hi = np.percentile(means, [100.0 * alpha, 100.0 * (1.0 - alpha)])
     return float(np.mean(d)), float(lo), float(hi)
@@ -172,7 +189,7 @@ def model_row(model: str, rows_by_seed: list[list[dict]], params: int, latency_m
 
 def build_table(models: dict[str, dict], pairs: dict[str, tuple[str, str]] = PAIRS,
                 recovery_of: tuple[str, str, str] | None = RECOVERY, split: str = "test", n_boot: int = 10000,
-                seed: int = 0) -> dict:
+                seed: int = 0, logs: dict[str, str] | None = None) -> dict:
     """The whole experiment table (JSON-ready): one row per model in insertion order, paired PDMS differences
     with 95% bootstrap CIs, and the distillation recovery.
 
@@ -181,6 +198,8 @@ def build_table(models: dict[str, dict], pairs: dict[str, tuple[str, str]] = PAI
     must have the same number of seeds S; a single-seed model (a deterministic reference planner) is compared
     against an S-seed model by reusing its one row for every seed. Pairs naming a missing model are skipped and
     listed under ``paired_missing``; ``recovery`` is None when ``recovery_of`` is None or names a missing model.
+    With ``logs`` (scene token -> log), ``paired_by_log`` holds the same differences with CIs from resampling whole
+    logs (``paired_bootstrap(groups=...)``), the honest interval when a log yields several overlapping scenes.
     """
     if not models:
         raise ValueError("no models to tabulate")
@@ -205,7 +224,13 @@ def build_table(models: dict[str, dict], pairs: dict[str, tuple[str, str]] = PAI
     rows = [model_row(name, m["rows"], m["params"], m.get("latency_ms"), m.get("epdms_rows"), m.get("closed_loop"))
             for name, m in models.items()]
     paired: dict[str, list[float]] = {}
+    paired_by_log: dict[str, list[float]] = {}
     missing: list[str] = []
+    if logs is not None:
+        unknown = [t for t in ref_tokens if t not in logs]
+        if unknown:
+            raise ValueError(f"scene '{unknown[0]}' has no log in `logs` ({len(unknown)} scenes missing)")
+        log_labels = np.array([logs[t] for t in ref_tokens])
     for pair_name, (ma, mb) in pairs.items():
         if ma not in mats or mb not in mats:
             missing.append(pair_name)
@@ -214,12 +239,18 @@ def build_table(models: dict[str, dict], pairs: dict[str, tuple[str, str]] = PAI
         if a.shape[0] != b.shape[0]:  # one side is a single-seed reference: reuse its row for every seed
             a, b = np.broadcast_to(a, (seeds, a.shape[1])), np.broadcast_to(b, (seeds, b.shape[1]))
         paired[pair_name] = list(paired_bootstrap(a, b, n_boot=n_boot, seed=seed))
+        if logs is not None:
+            paired_by_log[pair_name] = list(paired_bootstrap(a, b, n_boot=n_boot, seed=seed, groups=log_labels))
     rec = None
     if recovery_of is not None and all(n in mats for n in recovery_of):
         by_name = {r["model"]: r["pdms"] for r in rows}
         rec = recovery(*(by_name[n] for n in recovery_of))
-    return {"metric": METRIC, "split": split, "scenes": len(ref_tokens), "seeds": seeds, "rows": rows,
-            "paired": paired, "paired_missing": missing, "recovery": rec}
+    table = {"metric": METRIC, "split": split, "scenes": len(ref_tokens), "seeds": seeds, "rows": rows,
+             "paired": paired, "paired_missing": missing, "recovery": rec}
+    if logs is not None:
+        table["logs"] = len(set(log_labels.tolist()))
+        table["paired_by_log"] = paired_by_log
+    return table
 
 
 def _cell(v: object) -> str:
@@ -273,6 +304,9 @@ def render_tables(table: dict) -> tuple[Table, Table]:
     parts = [f"{name} {m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for name, (m, lo, hi) in table["paired"].items()]
     rec = table["recovery"]
     caption = "paired PDMS difference, 95% bootstrap CI over scenes: " + ("; ".join(parts) or "none")
+    if table.get("paired_by_log"):
+        parts = [f"{name} [{lo:+.3f}, {hi:+.3f}]" for name, (m, lo, hi) in table["paired_by_log"].items()]
+        caption += f"\nthe same, CI over the {table['logs']} logs (scenes of one log resampled together): " + "; ".join(parts)
     caption += f"\nrecovery (distilled - host) / (full - host): {'n/a' if rec is None else f'{rec:.3f}'}"
     main.caption = caption
     families = sorted({f for r in table["rows"] for f in r["by_family"]})

@@ -172,6 +172,11 @@ def publish(table: dict, plan: Plan, threads: int, stem: str, console: Console) 
         console.print(t, width=None if console.is_terminal else 200)
 
 
+def scene_logs(store) -> dict[str, str]:
+    """Test scene token -> its log: the resampling unit of ``paired_by_log`` (a log's scenes overlap in time)."""
+    return {t: store.info(t)["log"] for t in store.tokens("test")}
+
+
 def experiment_table(plan: Plan, models: tuple[str, ...] = MODELS, threads: int = 1,
                      console: Console | None = None) -> dict:
     """Train, score and tabulate; writes OUT/table.csv, OUT/table.json and prints both tables."""
@@ -189,7 +194,7 @@ def experiment_table(plan: Plan, models: tuple[str, ...] = MODELS, threads: int 
     by_model = {m: {s: run_of(m, s, runs) for s in (range(plan.seeds) if m in PLANNER_ROWS else range(1))}
                 for m in models}
     table_models = score_models(plan, by_model, threads, console)
-    table = build_table(table_models)
+    table = build_table(table_models, logs=scene_logs(store))
     publish(table, plan, threads, "table", console)
     write_json(plan.out / "runs.json", {"lam": str(runs["lam"]), "teachers": {k: str(v) for k, v in runs["teachers"].items()},
                                         "planner": {f"{m}.seed{s}": str(p) for (m, s), p in runs["planner"].items()}},
