@@ -49,6 +49,11 @@ def test_table_contract(table, tiny_store):
     for lo_mean_hi in doc["paired"].values():
         mean, lo, hi = lo_mean_hi
         assert lo <= mean <= hi
+    # the same differences with log-resampled CIs; the test logs are the store's
+    assert doc["logs"] == len({tiny_store.info(t)["log"] for t in tiny_store.tokens("test")})
+    assert set(doc["paired_by_log"]) == PAIRS
+    for name, (mean, lo, hi) in doc["paired_by_log"].items():
+        assert mean == doc["paired"][name][0] and lo <= mean <= hi
     rows = {r["model"]: r for r in doc["rows"]}
     assert rows["log-replay"]["pdms"] > rows["constant-velocity"]["pdms"] > 0.3  # the references make sense
     assert rows["log-replay"]["latency_ms"] is None and rows["ipad"]["latency_ms"] > 0
@@ -124,6 +129,7 @@ def test_ablations_share_the_reference_chain(table, runner):
     assert set(doc["paired"]) == {"single-stage-full-vs-full", "single-stage-distilled-vs-distilled",
                                   "codebook-8-full-vs-full", "codebook-8-distilled-vs-distilled",
                                   "distilled-no-score-kl-vs-distilled"}
+    assert set(doc["paired_by_log"]) == set(doc["paired"]) and doc["logs"] > 0
     for row in doc["rows"]:
         assert set(row) == ROW_KEYS
     with open(out / "ablations.csv") as f:
