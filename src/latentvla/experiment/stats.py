@@ -123,7 +123,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: in
         raise ValueError(f"need n_boot >= 1 and 0 < ci < 1, got n_boot={n_boot}, ci={ci}")
     d = (a2 - b2).mean(axis=0) if a2.shape[0] > 1 else a2[0] - b2[0]
     if groups is None:
-        sums, counts = d, np.ones_like(d)
+        sums, counts = d, None  # every draw holds n scenes: no per-draw count to gather
     else:
         labels = np.asarray(groups)
         if labels.shape != d.shape:
@@ -140,7 +140,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: in
     for i in range(0, n_boot, chunk):
         m = min(chunk, n_boot - i)
         idx = rng.integers(0, n, size=(m, n))
-        means[i:i + m] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+        means[i:i + m] = sums[idx].sum(axis=1) / (n if counts is None else counts[idx].sum(axis=1))
     alpha = (1.0 - ci) / 2.0
     lo, hi = np.percentile(means, [100.0 * alpha, 100.0 * (1.0 - alpha)])
     return float(np.mean(d)), float(lo), float(hi)
