@@ -62,9 +62,9 @@ def experiment_ablations(plan: Plan, names: tuple[str, ...] = ABLATIONS, threads
     only when asked for (``plan.closed_loop_scenes``): the ablations are open-loop comparisons by default."""
     import dataclasses
 
+    from latentvla.data.store import open_store
     from latentvla.experiment.runs import train_all
     from latentvla.experiment.stats import build_table
-    from latentvla.data.store import open_store
     from latentvla.experiment.table import publish, scene_logs, score_models
     from latentvla.planner.sources import Sources
 
