@@ -16,12 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from latentvla.lam.configuration import LAMModelConfig, QuantizerConfig
-from latentvla.lam.modeling import (
-    ForwardDynamics,
-    InverseDynamics,
-    LatentActionModel,
-    VectorQuantizer,
-)
+from latentvla.lam.modeling import ForwardDynamics, InverseDynamics, LatentActionModel
+from latentvla.lam.quantizer import VectorQuantizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

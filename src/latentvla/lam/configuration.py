@@ -70,6 +70,13 @@ class LAMModelConfig:
     # carry what the ego did even where the frozen image features barely show it.
     ego_recon_weight: float = 0.0
     ego_recon_dims: list[int] = field(default_factory=list)  # ego-motion dims to predict (empty: all)
+    # Which sensor's tokens each IDM reads ("all", "camera" or "lidar"; camera + LiDAR needs encoder.lidar): a
+    # LiDAR-only env IDM sees the other agents move, a camera-only ego IDM gives codes a camera VLA can predict.
+    env_sensor: str = "all"
+    ego_sensor: str = "all"
+    # true: frame t+Δ's LiDAR tokens are resampled into frame t's ego frame with the window's ego motion before
+    # the env IDM sees them and as stage 1's target (lam.sensors): the static world cancels, other agents remain
+    env_warp: bool = False
     env: QuantizerConfig = field(default_factory=QuantizerConfig)
     ego: QuantizerConfig = field(default_factory=QuantizerConfig)
 

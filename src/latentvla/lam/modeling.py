@@ -21,7 +21,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,158 +28,11 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from latentvla.lam.configuration import LAMModelConfig, QuantizerConfig
+from latentvla.lam.quantizer import VectorQuantizer, check_tensor
+from latentvla.lam.sensors import SensorLayout, warp_lidar
 
 FORMAT = "latentvla.lam/3"  # 2: input statistics; 3: optional ego-motion readout of the stage-2 FDM
-_MODES = ("ema", "straight-through")
 
-
-def check_tensor(name: str, x: object, shape: Sequence[int | None]) -> None:
-    """Raise a ValueError naming ``name`` unless ``x`` is a finite float tensor of ``shape`` (None: any size)."""
-    want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape {want}, got {type(x).__name__}")
-    if x.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, x.shape)):
-        raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor of shape {want}, got dtype {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf values (expected finite values, shape {want})")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Vector quantiser
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class QuantizerOutput(NamedTuple):
-    quantized: Tensor  # (B, Q, code_dim), straight-through: gradients flow to the encoder's latents
-    codes: Tensor  # (B, Q) long
-    loss: Tensor  # scalar: commitment (+ codebook loss in straight-through mode)
-    perplexity: Tensor  # scalar, exp(entropy) of this batch's code histogram (1 = collapsed, K = uniform)
-    codes_used: Tensor  # scalar long, distinct codes in this batch
-
-
-class VectorQuantizer(nn.Module):
-    """Nearest-code quantiser with EMA or straight-through (VQ-VAE) codebook learning and dead-code restarts.
-
-    Small codebooks (16 codes) collapse easily: a few codes win early and the rest are never chosen again, so
-    every ``dead_code_every`` training steps, codes whose EMA usage fell below ``dead_code_threshold`` are moved
-    onto random latents of the current batch. The codebook is initialised from the first training batch for the
-    same reason (random codes far from the encoder's output would be dead from the start). Restarts draw from
-    ``generator`` when given, else from torch's global RNG, so a fixed seed gives identical training.
-    """
-
-    def __init__(self, cfg: QuantizerConfig, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        if cfg.mode not in _MODES:
-            raise ValueError(f"quantizer mode must be one of {_MODES}, got {cfg.mode!r}")
-        if cfg.codebook_size < 1 or cfg.code_dim < 1:
-            raise ValueError(f"codebook_size and code_dim must be >= 1, got {cfg.codebook_size}, {cfg.code_dim}")
-        if not 0.0 <= cfg.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
-        self.cfg = cfg
-        self.generator = generator
-        self.frozen = False
-        k, d = cfg.codebook_size, cfg.code_dim
-        init = torch.randn(k, d)
-        if cfg.mode == "ema":  # codes are running means of their assigned latents: no gradient
-            self.register_buffer("embed", init)
-        else:
-            self.embed = nn.Parameter(init)
-        self.register_buffer("embed_sum", init.clone())  # EMA of sum of assigned latents (ema mode)
-        self.register_buffer("usage", torch.ones(k))  # EMA of per-batch assignment counts (both modes)
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
-
-    @property
-    def codebook(self) -> Tensor:
-        return self.embed
-
-    @property
-    def updating(self) -> bool:
-        """Whether a forward pass may change the codebook (training mode and not frozen)."""
-        return self.training and not self.frozen
-
-    def freeze(self) -> None:
-        """Stop every codebook change (EMA, restarts, gradients): stage 2 must keep stage 1's codebook exactly."""
-        self.frozen = True
-        self.requires_grad_(False)
-
-    def unfreeze(self) -> None:
-        self.frozen = False
-        if isinstance(self.embed, nn.Parameter):
-            self.embed.requires_grad_(True)
-
-    @torch.no_grad()
-    def init_codebook(self, vectors: Tensor) -> None:
-        """Set the codebook explicitly (K, code_dim) and mark it initialised (no data-dependent init)."""
-        check_tensor("vectors", vectors, (self.cfg.codebook_size, self.cfg.code_dim))
-        self.embed.copy_(vectors)
-        self.usage.fill_(1.0)
-        self.embed_sum.copy_(vectors)
-        self.initialized.fill_(True)
-
-    def quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Nearest code per latent, no side effects: (codes (B, Q) long, code vectors (B, Q, code_dim))."""
-        flat = z.reshape(-1, z.shape[-1]).float()
-        emb = self.embed.float()
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ emb.t() + emb.pow(2).sum(1)[None]
-        codes = dist.argmin(1).view(z.shape[:-1])
-        return codes, F.embedding(codes, self.embed).to(z.dtype)
-
-    def forward(self, z: Tensor) -> QuantizerOutput:
-        check_tensor("latents", z, (None, None, self.cfg.code_dim))
-        if self.updating and not bool(self.initialized):
-            self._restart(z.detach(), torch.ones(self.cfg.codebook_size, dtype=torch.bool, device=z.device))
-            self.initialized.fill_(True)
-        codes, q = self.quantize(z)
-        commit = F.mse_loss(z, q.detach())
-        loss = self.cfg.commitment * commit
-        if self.cfg.mode == "straight-through":
-            loss = loss + F.mse_loss(q, z.detach())  # pulls codes towards the encoder's latents
-        counts = torch.bincount(codes.flatten(), minlength=self.cfg.codebook_size).float()
-        if self.updating:
-            self._update(z.detach(), codes, counts)
-        probs = counts / counts.sum().clamp_min(1.0)
-        perplexity = torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum())
-        quantized = z + (q - z).detach()  # straight-through estimator
-        return QuantizerOutput(quantized, codes, loss, perplexity, (counts > 0).sum())
-
-    @torch.no_grad()
-    def _update(self, z: Tensor, codes: Tensor, counts: Tensor) -> None:
-        """EMA usage (and, in ema mode, EMA codebook) update, then a dead-code restart when due."""
-        decay = self.cfg.ema_decay
-        flat = z.reshape(-1, z.shape[-1]).float()
-        self.usage.mul_(decay).add_(counts, alpha=1 - decay)
-        if self.cfg.mode == "ema":
-            onehot = F.one_hot(codes.flatten(), self.cfg.codebook_size).float()
-            self.embed_sum.mul_(decay).add_(onehot.t() @ flat, alpha=1 - decay)
-            # Laplace smoothing keeps rarely used codes from dividing by ~0.
-            n, k, eps = self.usage.sum(), self.cfg.codebook_size, 1e-5
-            smoothed = (self.usage + eps) / (n + k * eps) * n
-            self.embed.copy_(self.embed_sum / smoothed[:, None])
-        self.steps += 1
-        every = self.cfg.dead_code_every
-        if every > 0 and int(self.steps) % every == 0:
-            self._restart(z, self.usage < self.cfg.dead_code_threshold)
-
-    @torch.no_grad()
-    def _restart(self, z: Tensor, dead: Tensor) -> None:
-        """Move ``dead`` codes onto random latents of the batch and give them a fair share of usage."""
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return
-        flat = z.reshape(-1, z.shape[-1]).float()
-        n = flat.shape[0]
-        if n >= n_dead:
-            idx = torch.randperm(n, generator=self.generator)[:n_dead]
-        else:
-            idx = torch.randint(n, (n_dead,), generator=self.generator)
-        new = flat[idx.to(flat.device)].to(self.embed.dtype)
-        fair = float(self.usage.sum()) / self.cfg.codebook_size
-        self.embed[dead] = new
-        self.usage[dead] = max(fair, 1.0, self.cfg.dead_code_threshold)
-        self.embed_sum[dead] = new * self.usage[dead][:, None]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -395,11 +247,18 @@ class LatentActionModel(nn.Module):
     """
 
     def __init__(
-        self, cfg: LAMModelConfig, feat_dim: int, tokens: int, generator: torch.Generator | None = None
+        self, cfg: LAMModelConfig, feat_dim: int, tokens: int, generator: torch.Generator | None = None,
+        layout: SensorLayout | None = None,
     ) -> None:
         super().__init__()
         if feat_dim < 1 or tokens < 1:
             raise ValueError(f"feat_dim and tokens must be >= 1, got {feat_dim}, {tokens}")
+        self.layout = layout or SensorLayout(camera_tokens=tokens)  # which tokens are which sensor's (lam.sensors)
+        if self.layout.tokens != tokens:
+            raise ValueError(f"the sensor layout has {self.layout.tokens} tokens, the features {tokens}")
+        self.env_tokens, self.ego_tokens = (self.layout.token_slice(s) for s in (cfg.env_sensor, cfg.ego_sensor))
+        if cfg.env_warp:
+            self.layout.token_slice("lidar")  # raises unless the features hold LiDAR tokens
         if cfg.ego_motion_dim < 1:
             raise ValueError(f"ego_motion_dim must be >= 1, got {cfg.ego_motion_dim}")
         if cfg.feat_proj < 0 or cfg.feat_proj > feat_dim:
@@ -417,10 +276,11 @@ class LatentActionModel(nn.Module):
             self.register_buffer("feat_mean", torch.zeros(feat_dim))
             self.register_buffer("feat_basis", torch.eye(feat_dim)[:, :dim].clone())
         env_d, ego_d = cfg.env.code_dim, cfg.ego.code_dim
-        self.env_idm = ConditionedInverseDynamics(dim, tokens, cfg, env_d, cfg.ego_motion_dim)
+        n_env, n_ego = (s.stop - s.start for s in (self.env_tokens, self.ego_tokens))
+        self.env_idm = ConditionedInverseDynamics(dim, n_env, cfg, env_d, cfg.ego_motion_dim)
         self.env_vq = VectorQuantizer(cfg.env, generator)
         self.fdm1 = ForwardDynamics(dim, tokens, cfg, (env_d,), cond_dim=cfg.ego_motion_dim)
-        self.ego_idm = InverseDynamics(dim, tokens, cfg, ego_d)
+        self.ego_idm = InverseDynamics(dim, n_ego, cfg, ego_d)
         self.ego_vq = VectorQuantizer(cfg.ego, generator)
         bad = [d for d in cfg.ego_recon_dims if not 0 <= d < cfg.ego_motion_dim]
         if bad:
@@ -455,14 +315,23 @@ class LatentActionModel(nn.Module):
             self.feat_basis[:, : basis.shape[1]].copy_(basis.float())
 
     def _prepare(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor | None
-                 ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Raw inputs -> the models' inputs (projected features, standardised ego motion)."""
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Raw inputs -> the models' inputs (projected features of t, t+Δ and t+Δ as the env stage sees it, i.e.
+        with ``env_warp`` its LiDAR resampled into frame t; standardised ego motion)."""
+        warp = self.cfg.env_warp and ego_motion is not None
+        feat_env = warp_lidar(feat_t, feat_tp, ego_motion[:, :3], self.layout) if warp else feat_tp
         if self.cfg.feat_proj:
-            feat_t = (feat_t - self.feat_mean) @ self.feat_basis
-            feat_tp = (feat_tp - self.feat_mean) @ self.feat_basis
+            feat_t, feat_tp = ((x - self.feat_mean) @ self.feat_basis for x in (feat_t, feat_tp))
+            feat_env = (feat_env - self.feat_mean) @ self.feat_basis if warp else feat_tp
         if ego_motion is not None:
             ego_motion = (ego_motion - self.motion_mean) / self.motion_std
-        return feat_t, feat_tp, ego_motion
+        return feat_t, feat_tp, feat_env, ego_motion
+
+    def _env_latents(self, feat_t: Tensor, feat_env: Tensor, ego_motion: Tensor) -> Tensor:
+        return self.env_idm(feat_t[:, self.env_tokens], feat_env[:, self.env_tokens], ego_motion)
+
+    def _ego_latents(self, feat_t: Tensor, feat_tp: Tensor) -> Tensor:
+        return self.ego_idm(feat_t[:, self.ego_tokens], feat_tp[:, self.ego_tokens])
 
     def _stage_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
         head = [self.ego_motion_head] if self.ego_motion_head is not None else []
@@ -499,18 +368,20 @@ class LatentActionModel(nn.Module):
     def forward(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> dict[str, Tensor]:
         """One training/validation pass of the current stage; ``loss`` is what the optimiser should minimise."""
         self._check_inputs(feat_t, feat_tp, ego_motion)
-        feat_t, feat_tp, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
+        feat_t, feat_tp, feat_env, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
         copy_mse = F.mse_loss(feat_t, feat_tp).detach()
         out: dict[str, Tensor] = {"copy_mse": copy_mse}
         aux: Tensor | float = 0.0
         if self.stage == 1:
-            env = self.env_vq(self.env_idm(feat_t, feat_tp, ego_motion))
+            env = self.env_vq(self._env_latents(feat_t, feat_env, ego_motion))
             pred = self.fdm1(feat_t, [env.quantized], ego_motion)
+            target = feat_env  # with env_warp: the LiDAR in frame t, the environment's motion only
             vq_loss = env.loss
         else:
             with torch.no_grad():
-                env = self.env_vq(self.env_idm(feat_t, feat_tp, ego_motion))
-            ego = self.ego_vq(self.ego_idm(feat_t, feat_tp))
+                env = self.env_vq(self._env_latents(feat_t, feat_env, ego_motion))
+            ego = self.ego_vq(self._ego_latents(feat_t, feat_tp))
+            target = feat_tp
             pred = self.fdm2(feat_t, [env.quantized.detach(), ego.quantized])
             vq_loss = ego.loss
             out.update(ego_codes=ego.codes, ego_perplexity=ego.perplexity.detach(), ego_codes_used=ego.codes_used)
@@ -519,7 +390,7 @@ class LatentActionModel(nn.Module):
                 motion_mse = F.mse_loss(motion, ego_motion[:, self.recon_dims])
                 aux = aux + self.cfg.ego_recon_weight * motion_mse
                 out["motion_mse"] = motion_mse.detach()
-        recon = F.mse_loss(pred, feat_tp)
+        recon = F.mse_loss(pred, target)
         out.update(
             loss=recon + vq_loss + aux,
             recon_mse=recon.detach(),
@@ -545,9 +416,9 @@ class LatentActionModel(nn.Module):
     def encode_ego(self, feat_t: Tensor, feat_tp: Tensor) -> Tensor:
         """Ego codes (B, Q) from the two frames only: the labels a VLA learns to predict."""
         self._check_inputs(feat_t, feat_tp, None)
-        feat_t, feat_tp, _ = self._prepare(feat_t, feat_tp, None)
+        feat_t, feat_tp, _, _ = self._prepare(feat_t, feat_tp, None)
         with self._inference():
-            return self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))[0]
+            return self.ego_vq.quantize(self._ego_latents(feat_t, feat_tp))[0]
 
     def encode(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> tuple[Tensor, Tensor]:
         """(env_codes (B, Q), ego_codes (B, Q)) in eval mode; changes nothing. Ego codes ignore ``ego_motion``."""
@@ -559,10 +430,10 @@ class LatentActionModel(nn.Module):
         """Checked, prepared inputs -> ((env codes, vectors), (ego codes, vectors), feat_t, feat_tp) in eval mode
         without autograd (the prepared features are returned for callers that run the FDM on them)."""
         self._check_inputs(feat_t, feat_tp, ego_motion)
-        feat_t, feat_tp, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
+        feat_t, feat_tp, feat_env, ego_motion = self._prepare(feat_t, feat_tp, ego_motion)
         with self._inference():
-            env = self.env_vq.quantize(self.env_idm(feat_t, feat_tp, ego_motion))
-            ego = self.ego_vq.quantize(self.ego_idm(feat_t, feat_tp))
+            env = self.env_vq.quantize(self._env_latents(feat_t, feat_env, ego_motion))
+            ego = self.ego_vq.quantize(self._ego_latents(feat_t, feat_tp))
         return env, ego, feat_t, feat_tp
 
     def latent_vectors(self, feat_t: Tensor, feat_tp: Tensor, ego_motion: Tensor) -> dict[str, Tensor]:
@@ -592,6 +463,7 @@ class LatentActionModel(nn.Module):
             "feat_dim": str(self.feat_dim),
             "tokens": str(self.tokens),
             "stage": str(self.stage),
+            "layout": self.layout.to_json(),
         }
         from latentvla.runtime.io import atomic_write_bytes
 
@@ -604,7 +476,8 @@ class LatentActionModel(nn.Module):
 
         meta = weights_metadata(path, FORMAT, "train the latent action model: `latentvla lam train`")
         cfg = model_config_from_dict(json.loads(meta["config"]))
-        model = cls(cfg, int(meta["feat_dim"]), int(meta["tokens"]))
+        layout = SensorLayout.from_json(meta["layout"]) if "layout" in meta else None  # older files: one sensor
+        model = cls(cfg, int(meta["feat_dim"]), int(meta["tokens"]), layout=layout)
         model.load_state_dict(load_file(str(path), device=str(device)))
         model.set_stage(int(meta["stage"]))
         return model.to(device).eval()

@@ -117,6 +117,7 @@ def train(data: str | Path, run: str | Path, cfg: LAMConfig, stages: str = "both
     codebook statistics are rank 0's (DDP broadcasts buffers); the straight-through quantizer has no such state."""
     from latentvla.lam.features import open_features
     from latentvla.lam.modeling import LatentActionModel
+    from latentvla.lam.sensors import sensor_layout
 
     if stages not in ("1", "2", "both"):
         raise ValueError(f"--stage must be 1, 2 or both, got '{stages}'")
@@ -138,7 +139,8 @@ def train(data: str | Path, run: str | Path, cfg: LAMConfig, stages: str = "both
     cache = open_features(data, cfg.encoder, cache_root=cache_root, logs=logs, workers=workers, quiet=quiet)
     train_set, val_set = load_split(store, cache, cfg, "train"), load_split(store, cache, cfg, "val")
     sample = train_set[0][0]
-    model = LatentActionModel(cfg.model, feat_dim=sample.shape[-1], tokens=sample.shape[0])
+    model = LatentActionModel(cfg.model, feat_dim=sample.shape[-1], tokens=sample.shape[0],
+                              layout=sensor_layout(cfg.encoder, sample.shape[0], sample.shape[-1]))
     model.fit_inputs(torch.cat([f.float() for f in train_set.features]), torch.from_numpy(train_set.windows.motion))
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
     trained = False
