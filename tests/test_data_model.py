@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latentvla.config import ConfigError, config_hash, dump_yaml, load_yaml, parse_overrides, resolve
+from latentvla.config import (
+    HASH_OMIT_DEFAULT,
+    ConfigError,
+    config_hash,
+    dump_yaml,
+    load_yaml,
+    parse_overrides,
+    resolve,
+)
 from latentvla.map_api import MapAPI
 from latentvla.schema import Trajectory, command_name, command_one_hot, global_to_local, local_to_global
 from latentvla.world.configuration import WorldConfig
@@ -61,6 +71,33 @@ def test_config_overrides_hash_and_yaml(tmp_path):
         load_yaml(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="finite"):
         resolve(WorldConfig, "world", "quick", overrides=["log_seconds=.nan"])
+
+
+def test_config_hash_leaves_out_new_fields_at_their_default():
+    """A field marked HASH_OMIT_DEFAULT does not move the digest at its default (finished runs stay valid) and
+    does move it when set."""
+
+    @dataclasses.dataclass
+    class Old:
+        a: int = 1
+
+    @dataclasses.dataclass
+    class New:
+        a: int = 1
+        b: bool = dataclasses.field(default=False, metadata=HASH_OMIT_DEFAULT)
+
+    @dataclasses.dataclass
+    class Outer:
+        inner: New = dataclasses.field(default_factory=New)
+
+    @dataclasses.dataclass
+    class OuterOld:
+        inner: Old = dataclasses.field(default_factory=Old)
+
+    assert config_hash(New()) == config_hash(Old())
+    assert config_hash(Outer()) == config_hash(OuterOld())
+    assert config_hash(New(b=True)) != config_hash(Old())
+    assert config_hash(Outer(New(a=2))) == config_hash(OuterOld(Old(a=2)))
 
 
 @settings(max_examples=60, deadline=None)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from latentvla.config import HASH_OMIT_DEFAULT
+
 
 @dataclass
 class EncoderConfig:
@@ -72,11 +74,12 @@ class LAMModelConfig:
     ego_recon_dims: list[int] = field(default_factory=list)  # ego-motion dims to predict (empty: all)
     # Which sensor's tokens each IDM reads ("all", "camera" or "lidar"; camera + LiDAR needs encoder.lidar): a
     # LiDAR-only env IDM sees the other agents move, a camera-only ego IDM gives codes a camera VLA can predict.
-    env_sensor: str = "all"
-    ego_sensor: str = "all"
+    # (added after runs existed: left out of the config hash at their defaults)
+    env_sensor: str = field(default="all", metadata=HASH_OMIT_DEFAULT)
+    ego_sensor: str = field(default="all", metadata=HASH_OMIT_DEFAULT)
     # true: frame t+Δ's LiDAR tokens are resampled into frame t's ego frame with the window's ego motion before
     # the env IDM sees them and as stage 1's target (lam.sensors): the static world cancels, other agents remain
-    env_warp: bool = False
+    env_warp: bool = field(default=False, metadata=HASH_OMIT_DEFAULT)
     env: QuantizerConfig = field(default_factory=QuantizerConfig)
     ego: QuantizerConfig = field(default_factory=QuantizerConfig)
 
