@@ -15,7 +15,11 @@ timed through ``bench_vla.paper_scale``: generate and encode, few repeats) with 
 student; its ratio = (3B encode + fused planner) / student. Not timed anywhere: the frozen EfficientNet-Lite0
 features every row shares. Nothing is downloaded.
 
+With ``--device cuda`` every model and input lives on the GPU, each timed call ends with a synchronise, and the
+paper-scale language model is bfloat16 (created on the GPU): the setting of the paper's own latency figure.
+
     python benchmarks/bench_distill.py [--repeats 50] [--warmup 5] [--threads 1] [--skip-paper-scale]
+                                       [--device cuda] [--paper-smoke]
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_vla import build_teacher, paper_scale, random_features  # noqa: E402
+from bench_vla import build_teacher, cuda_sync, paper_scale, random_features  # noqa: E402
 
 from latentvla.config import resolve  # noqa: E402
 from latentvla.export.onnx import random_features as random_features_np  # noqa: E402
@@ -44,19 +48,20 @@ from latentvla.runtime.timing import interleaved_ms  # noqa: E402
 from latentvla.vla.configuration import VLAConfig  # noqa: E402
 
 
-def planner_features(cfg: PlannerConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """A batch-1 host input of the cached shapes and dtypes (the export module's random batch)."""
-    return {k: torch.from_numpy(v) for k, v in random_features_np(cfg, 1, int(rng.integers(1 << 31))).items()}
+def planner_features(cfg: PlannerConfig, rng: np.random.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch-1 host input of the cached shapes and dtypes (the export module's random batch) on ``device``."""
+    return {k: torch.from_numpy(v).to(device)
+            for k, v in random_features_np(cfg, 1, int(rng.integers(1 << 31))).items()}
 
 
-def fused_pair(profile: str, tokens: int, dim: int):
+def fused_pair(profile: str, tokens: int, dim: int, device: torch.device):
     """(full planner, student planner, their config) at ``profile`` for teacher outputs of (tokens, dim)."""
     cfg = resolve(PlannerConfig, "planner", profile, overrides=["host=ipad"])
     full_cfg = replace(cfg, fusion=replace(cfg.fusion, enabled=True, context_tokens=tokens, context_dim=dim))
     stud_cfg = replace(cfg, distill=replace(cfg.distill, latent_target="teacher", latent_positions=12,
                                             latent_codes=16, full_key="x"))
     torch.manual_seed(0)
-    return build_model(full_cfg).eval(), build_model(stud_cfg).eval(), cfg
+    return build_model(full_cfg).eval().to(device), build_model(stud_cfg).eval().to(device), cfg
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -64,13 +69,15 @@ def n_params(m: torch.nn.Module) -> int:
 
 
 def profile_row(profile: str, args, rng) -> dict:
+    device = torch.device(args.device)
     vcfg = resolve(VLAConfig, "vla", profile)
     teacher, _ = build_teacher(vcfg)
-    tfeats = random_features(vcfg, rng)
+    teacher.to(device)
+    tfeats = {k: v.to(device) for k, v in random_features(vcfg, rng).items()}
     with torch.no_grad():
         emb = teacher.encode(tfeats)["embeddings"]
-    full, student, pcfg = fused_pair(profile, emb.shape[1], emb.shape[2])
-    pfeats = planner_features(pcfg, rng)
+    full, student, pcfg = fused_pair(profile, emb.shape[1], emb.shape[2], device)
+    pfeats = planner_features(pcfg, rng, device)
 
     @torch.no_grad()
     def run_full():
@@ -82,11 +89,11 @@ def profile_row(profile: str, args, rng) -> dict:
         student(pfeats)
 
     fns = [run_full, run_student]
-    ort = student_session(student, pcfg, args.threads)
+    ort = student_session(student, pcfg, args.threads) if device.type == "cpu" else None
     if ort is not None:
         np_feats = {k: v.numpy() for k, v in pfeats.items()}
         fns.append(lambda: ort(np_feats))
-    ms = interleaved_ms(fns, args.repeats, args.warmup)
+    ms = interleaved_ms(fns, args.repeats, args.warmup, sync=cuda_sync(device))
     f, s = float(np.median(ms[0])), float(np.median(ms[1]))
     row = {"profile": profile, "teacher_params": n_params(teacher), "full_params": n_params(full) + n_params(teacher),
            "student_params": n_params(student), "full_ms": f, "student_ms": s, "ratio": f / s}
@@ -114,17 +121,20 @@ def student_session(student, cfg, threads: int):
 
 
 def paper_row(args, rng) -> dict:
-    lm = paper_scale(argparse.Namespace(paper_dtype="auto", threads=args.threads,
-                                        paper_repeats=args.paper_repeats, paper_warmup=1), rng)
-    full, student, pcfg = fused_pair("full", 27 + 12, 2048)  # pooled lite0 tokens + 12 actions at hidden 2048
-    pfeats = planner_features(pcfg, rng)
-    emb = torch.randn(1, 27 + 12, 2048).half()
+    device = torch.device(args.device)
+    lm = paper_scale(argparse.Namespace(paper_dtype="auto", threads=args.threads, device=args.device,
+                                        paper_smoke=args.paper_smoke, paper_repeats=args.paper_repeats,
+                                        paper_warmup=1), rng)
+    hidden = lm["hidden"]
+    full, student, pcfg = fused_pair("full", 27 + 12, hidden, device)  # pooled lite0 tokens + 12 actions
+    pfeats = planner_features(pcfg, rng, device)
+    emb = torch.randn(1, 27 + 12, hidden).half().to(device)
     with torch.no_grad():
         ms_fused, ms_student = interleaved_ms([lambda: full({**pfeats, TEACHER_KEY: emb}), lambda: student(pfeats)],
-                                              args.paper_planner_repeats, 2)
+                                              args.paper_planner_repeats, 2, sync=cuda_sync(device))
     fused, stud = float(np.median(ms_fused)), float(np.median(ms_student))
     total = lm["encode_ms_median"] + fused
-    return {"profile": "paper-3B + full preset", "teacher_params": lm["params"], "student_params": n_params(student),
+    return {"profile": f"{lm['profile']} + full preset", "device": lm["device"], "teacher_params": lm["params"], "student_params": n_params(student),
             "full_params": lm["params"] + n_params(full), "encode_ms": lm["encode_ms_median"], "fused_ms": fused,
             "full_ms": total, "student_ms": stud, "ratio": total / stud, "dtype": lm["dtype"]}
 
@@ -137,13 +147,17 @@ def main() -> None:
     ap.add_argument("--paper-repeats", type=int, default=2)
     ap.add_argument("--paper-planner-repeats", type=int, default=10)
     ap.add_argument("--skip-paper-scale", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where every model runs (CUDA: timing waits "
+                    "for the GPU; the paper-scale row is bfloat16, weights created on the GPU; no onnxruntime row)")
+    ap.add_argument("--paper-smoke", action="store_true", help="a tiny stand-in for the 3B sizes (checks the path)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     rows = [profile_row(p, args, rng) for p in ("quick", "demo")]
     if not args.skip_paper_scale:
         rows.append(paper_row(args, rng))
-    print(f"batch 1, {args.threads} thread(s), median ms (full = teacher encode incl. generation + fused planner)")
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{args.threads} thread(s)"
+    print(f"batch 1, {where}, median ms (full = teacher encode incl. generation + fused planner)")
     print(f"{'profile':24s} {'teacher':>12s} {'full':>12s} {'student':>12s} {'full ms':>10s} {'student ms':>11s} "
           f"{'ratio':>7s}")
     for r in rows:

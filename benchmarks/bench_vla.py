@@ -61,6 +61,7 @@ PAPER_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "nu
                 "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
                 "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2}
 PAPER_VOCAB = 151936
+SMOKE_SIZES = {"hidden_size": 256, "layers": 2, "heads": 2, "kv_heads": 2, "intermediate_size": 512}  # head_dim 128 (M-RoPE)
 
 
 class PaperQwen25VLAdapter(Qwen25VLAdapter):
@@ -166,27 +167,38 @@ def bf16_matmul(threads: int) -> tuple[bool, str]:
     return True, f"bf16 matmul {slow:.1f}x the float32 time"
 
 
+def cuda_sync(device: torch.device):
+    """What timing must call to wait for ``device``'s queued work (None on the CPU)."""
+    return torch.cuda.synchronize if device.type == "cuda" else None
+
+
 def paper_scale(args, rng: np.random.Generator) -> dict:
-    """The paper-scale row: Qwen2.5-VL-3B language model sizes through ``LatentVLATeacher``, timed once."""
-    if args.paper_dtype == "auto":
+    """The paper-scale row: Qwen2.5-VL-3B language model sizes through ``LatentVLATeacher``, timed once, on
+    ``args.device`` (default cpu; on CUDA the weights are created on the GPU and ``auto`` means bfloat16)."""
+    device = torch.device(getattr(args, "device", "cpu"))
+    sizes = SMOKE_SIZES if getattr(args, "paper_smoke", False) else PAPER_SIZES
+    if args.paper_dtype == "auto" and device.type == "cuda":
+        dtype, why = torch.bfloat16, "bf16 on CUDA"
+    elif args.paper_dtype == "auto":
         ok, why = bf16_matmul(args.threads)
         dtype = torch.bfloat16 if ok else torch.float32
         why = why if ok else why + "; float32 instead"
     else:
         dtype, why = getattr(torch, args.paper_dtype), "--paper-dtype"
     # the language model alone: lite0 image tokens (the 0.67 B-parameter vision tower is counted below, not timed)
-    overrides = [f"backbone.{k}={v}" for k, v in PAPER_SIZES.items()] + [
+    overrides = [f"backbone.{k}={v}" for k, v in sizes.items()] + [
         "backbone.gradient_checkpointing=false", "backbone.vision=lite0", "features.camera.backbone=efficientnet-lite0",
         "features.camera.image_height=96", "features.camera.image_width=192", "backbone.image_pool=[1,1]"]
     cfg = resolve(VLAConfig, "vla", PAPER_PROFILE, overrides=overrides)
     t0 = time.perf_counter()
-    with adapter_for(cfg.backbone.family, PaperQwen25VLAdapter(dtype)):
+    with adapter_for(cfg.backbone.family, PaperQwen25VLAdapter(dtype)), device:
         model, tok = build_teacher(cfg)
     model.pool_attn.to(dtype)  # reads the LM's hidden states; projector and trajectory head stay float32
     build_s = time.perf_counter() - t0
-    feats = random_features(cfg, rng)
-    row = describe("paper-3B", model, feats)
-    ms = interleaved_ms(timed(model, feats, ("generate", "encode")), args.paper_repeats, args.paper_warmup)
+    feats = {k: v.to(device) for k, v in random_features(cfg, rng).items()}
+    row = describe("paper-3B" if sizes is PAPER_SIZES else "paper-smoke", model, feats)
+    ms = interleaved_ms(timed(model, feats, ("generate", "encode")), args.paper_repeats, args.paper_warmup,
+                        sync=cuda_sync(device))
     for key, m in zip(("generate", "encode"), ms, strict=True):
         row.update({f"{key}_ms_median": float(np.median(m)), f"{key}_ms_p90": float(np.percentile(m, 90))})
     del model
@@ -195,6 +207,7 @@ def paper_scale(args, rng: np.random.Generator) -> dict:
         real = PaperQwen25VLAdapter(torch.float32, PAPER_VOCAB).build(cfg.backbone, PAPER_VOCAB)
     ours, hidden = len(tok), PAPER_SIZES["hidden_size"]
     row.update({"dtype": str(dtype).removeprefix("torch."), "dtype_reason": why, "build_s": build_s,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "repeats": args.paper_repeats, "our_vocab": ours, "real_vocab": PAPER_VOCAB,
                 "vocab_extra_tied_computed": (PAPER_VOCAB - ours) * hidden,
                 "vocab_extra_untied_computed": 2 * (PAPER_VOCAB - ours) * hidden,
