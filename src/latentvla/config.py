@@ -28,14 +28,23 @@ class ConfigError(ValueError):
     """A config value, key or file is invalid; the message says which and what is allowed."""
 
 
-def to_dict(cfg: Any) -> Any:
-    """Dataclass (nested) -> plain dict/list/scalars, in field order."""
+HASH_OMIT_DEFAULT = {"hash_omit_default": True}  # field metadata: see config_hash
+
+
+def _omitted(f: dataclasses.Field, value: Any) -> bool:
+    return bool(f.metadata.get("hash_omit_default")) and f.default is not dataclasses.MISSING and value == f.default
+
+
+def to_dict(cfg: Any, for_hash: bool = False) -> Any:
+    """Dataclass (nested) -> plain dict/list/scalars, in field order. ``for_hash``: without the fields marked
+    ``HASH_OMIT_DEFAULT`` that hold their default (what ``config_hash`` digests)."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return {f.name: to_dict(getattr(cfg, f.name), for_hash) for f in dataclasses.fields(cfg)
+                if not (for_hash and _omitted(f, getattr(cfg, f.name)))}
     if isinstance(cfg, dict):
-        return {str(k): to_dict(v) for k, v in cfg.items()}
+        return {str(k): to_dict(v, for_hash) for k, v in cfg.items()}
     if isinstance(cfg, (list, tuple)):
-        return [to_dict(v) for v in cfg]
+        return [to_dict(v, for_hash) for v in cfg]
     return cfg
 
 
@@ -208,32 +217,12 @@ def dump_yaml(cfg: Any, path: str | Path | None = None) -> str:
     return text
 
 
-HASH_OMIT_DEFAULT = {"hash_omit_default": True}  # field metadata: see config_hash
-
-
-def _hash_dict(cfg: Any) -> Any:
-    """``to_dict`` minus the fields marked ``HASH_OMIT_DEFAULT`` that hold their default value."""
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        out = {}
-        for f in dataclasses.fields(cfg):
-            value = getattr(cfg, f.name)
-            if f.metadata.get("hash_omit_default") and f.default is not dataclasses.MISSING and value == f.default:
-                continue
-            out[f.name] = _hash_dict(value)
-        return out
-    if isinstance(cfg, dict):
-        return {str(k): _hash_dict(v) for k, v in cfg.items()}
-    if isinstance(cfg, (list, tuple)):
-        return [_hash_dict(v) for v in cfg]
-    return cfg
-
-
 def config_hash(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
     """Stable 16-hex digest of the resolved config (top-level keys in ``exclude`` left out).
 
     A field added after runs existed can carry ``metadata=HASH_OMIT_DEFAULT``: at its default it is left out of
     the digest, so the new option does not orphan every finished run (and everything downstream of it)."""
-    data = _hash_dict(cfg)
+    data = to_dict(cfg, for_hash=True)
     for key in exclude:
         data.pop(key, None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
