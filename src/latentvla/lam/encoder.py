@@ -358,14 +358,15 @@ class LidarBEVEncoder(FrameEncoder):
         raise EncoderError(f"encoder '{self.name}' reads LiDAR sweeps, not images: call encode_frames(point clouds)")
 
     def encode_frames(self, frames: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from latentvla.lam.sensors import bev_patches
         from latentvla.planner.features import lidar_bev  # lazy: the planner's features import this module
 
-        p, (rows, cols) = int(self.cfg.bev_pixels), self.grid
         if not len(frames):
             return np.zeros((0, self.num_tokens, self.dim), np.float32)
         bev = np.stack([lidar_bev(points, self._histogram) for points in frames])  # (N, 2, P, P)
-        patches = bev.reshape(len(bev), 2, rows, p // rows, cols, p // cols).transpose(0, 2, 4, 1, 3, 5)
-        return np.ascontiguousarray(patches.reshape(len(bev), rows * cols, self.dim), dtype=np.float32)
+        return np.ascontiguousarray(bev_patches(torch.from_numpy(bev), self.grid).numpy(), dtype=np.float32)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, {self.cfg.bev_pixels}^2 cells over "

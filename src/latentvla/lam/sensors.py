@@ -67,11 +67,14 @@ class SensorLayout:
 
 def sensor_layout(enc: EncoderConfig, tokens: int, feat_dim: int) -> SensorLayout:
     """The layout of features built by ``enc`` with ``tokens`` tokens of ``feat_dim`` dims per frame."""
-    if not enc.lidar and enc.name != "lidar-bev":
+    from latentvla.lam.encoder import LIDAR_BEV, LidarBEVEncoder
+    from latentvla.lam.features import sensor_configs
+
+    if not enc.lidar and enc.name != LIDAR_BEV:
         return SensorLayout(camera_tokens=tokens)
-    rows, cols = int(enc.bev_grid[0]), int(enc.bev_grid[1])
-    p = int(enc.bev_pixels)
-    lidar_tokens, lidar_dim = rows * cols, 2 * (p // rows) * (p // cols)
+    lidar = LidarBEVEncoder(sensor_configs(enc)[-1])  # no weights: only its token shape is read
+    (rows, cols), p = lidar.grid, int(enc.bev_pixels)
+    lidar_tokens, lidar_dim = lidar.num_tokens, lidar.dim
     if lidar_tokens > tokens or lidar_dim > feat_dim:
         raise ValueError(f"features of {tokens} tokens x {feat_dim} dims cannot hold the {lidar_tokens} LiDAR "
                          f"tokens x {lidar_dim} dims of bev_grid {tuple(enc.bev_grid)}, bev_pixels {p}")
@@ -81,15 +84,17 @@ def sensor_layout(enc: EncoderConfig, tokens: int, feat_dim: int) -> SensorLayou
 
 
 def _raster(tokens: Tensor, layout: SensorLayout) -> Tensor:
-    """(B, rows * cols, 2 * ph * pw) patches -> (B, 2, P, P) raster."""
+    """(B, rows * cols, 2 * ph * pw) patches -> (B, 2, P, P) raster (the inverse of ``bev_patches``)."""
     (rows, cols), p = layout.bev_grid, layout.bev_pixels
     b = tokens.shape[0]
     x = tokens.reshape(b, rows, cols, 2, p // rows, p // cols).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(b, 2, p, p)
 
 
-def _patches(raster: Tensor, layout: SensorLayout) -> Tensor:
-    (rows, cols), p = layout.bev_grid, layout.bev_pixels
+def bev_patches(raster: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, 2, P, P) BEV raster -> (B, rows * cols, 2 * (P / rows) * (P / cols)) tokens: the grid row-major, each
+    patch flattened channel-major. The one patch layout of the LiDAR tokens (``LidarBEVEncoder`` writes it)."""
+    (rows, cols), p = grid, raster.shape[-1]
     b = raster.shape[0]
     x = raster.reshape(b, 2, rows, p // rows, cols, p // cols).permute(0, 2, 4, 1, 3, 5)
     return x.reshape(b, rows * cols, -1)
@@ -124,5 +129,5 @@ def warp_lidar(feat_t: Tensor, feat_tp: Tensor, pose: Tensor, layout: SensorLayo
     warped = warped + (1.0 - inside) * bev_t
     warped[:, 0] = bev_t[:, 0]  # ground returns: the scan's rings travel with the sensor, not with the world
     out = feat_tp.clone()
-    out[:, s, d:] = _patches(warped, layout)
+    out[:, s, d:] = bev_patches(warped, layout.bev_grid)
     return out
