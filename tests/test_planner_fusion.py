@@ -88,6 +88,37 @@ def test_gates_receive_gradients_from_the_trajectory_loss() -> None:
     assert gates and all(g is not None and g.abs() > 0 for g in gates)
 
 
+@pytest.mark.parametrize("host", ["transfuser", "ipad"])
+def test_zero_output_blocks_start_as_the_host_and_learn_from_the_first_step(host: str) -> None:
+    """Closed tanh gates give the block's own weights no gradient at all; zero output projections with open
+    gates start as the host too, but their projections get a gradient from the first step."""
+    torch.manual_seed(0)
+    base = build_model(small_cfg(host)).eval()
+    gated_cfg = fused_cfg(host)
+    zero_cfg = fused_cfg(host)
+    zero_cfg.fusion.zero_output, zero_cfg.fusion.gate_init = True, 1.0
+    feats, targets = make_batch(zero_cfg)
+    feats = {**feats, TEACHER_KEY: teacher()}
+    grads = {}
+    for name, cfg in (("gated", gated_cfg), ("zero", zero_cfg)):
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        model.load_state_dict(base.state_dict(), strict=False)
+        with torch.no_grad():
+            assert torch.equal(model.eval()(feats)["trajectory"], base(feats)["trajectory"])
+        model.train()
+        model.compute_loss(feats, targets, model(feats))["loss"].backward()
+        grads[name] = [p.grad for n, p in model.named_parameters() if n.endswith("attn.proj.weight") and "fusion" in n]
+    assert grads["gated"] and all(g is None or g.abs().max() == 0 for g in grads["gated"])
+    assert grads["zero"] and all(g is not None and g.abs().max() > 0 for g in grads["zero"])
+
+
+def test_zero_output_needs_open_gates() -> None:
+    cfg = fused_cfg("ipad")
+    with pytest.raises(ValueError, match="gate_init"):
+        PlannerConfig(host="ipad", fusion=type(cfg.fusion)(enabled=True, zero_output=True))
+
+
 def test_soft_kl_golden_values() -> None:
     p = torch.tensor([[0.5, 0.5]])
     assert soft_kl(p, torch.zeros(1, 2)).item() == pytest.approx(0.0, abs=1e-7)

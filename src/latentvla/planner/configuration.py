@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from latentvla.config import HASH_OMIT_DEFAULT
+
 HOSTS = ("transfuser", "ipad", "ego-mlp")
 
 # BEV semantic classes (index = class id in ``bev_semantic_map``; 0 is background). NAVSIM TransFuser's seven
@@ -127,11 +129,18 @@ class FusionConfig:
     gated cross-attention from the host's planning queries (iPad: every proposal round; TransFuser: the decoded
     trajectory query). The gates start at ``gate_init`` (0: tanh(0) = 0, so training starts from the host's own
     behaviour). ``planner train --teacher VLA_RUN`` switches it on and fills ``context_*`` and ``teacher_key``
-    (the teacher's weights hash, so a retrained teacher never reuses a stale run)."""
+    (the teacher's weights hash, so a retrained teacher never reuses a stale run).
+
+    ``zero_output``: the blocks' output projections (attention and MLP) start at zero instead, so the fused model
+    starts as the host whatever the gates, and ``gate_init`` must open the gates (e.g. 1.0). A closed tanh gate
+    hands the block's own weights no gradient and barely moves in a short run (|tanh g| < 0.1 after 12 demo
+    epochs); zero output projections learn from the first step (adapter / ControlNet style). On iPad fused with
+    the expert's own future as context (a mechanism check, docs/TRAINING.md) it lowers val ADE 0.35 -> 0.27 m."""
 
     enabled: bool = False
     layers: int = 1  # gated cross-attention blocks per fusion point
     gate_init: float = 0.0
+    zero_output: bool = field(default=False, metadata=HASH_OMIT_DEFAULT)
     context_dim: int = 0  # teacher embedding width D
     context_tokens: int = 0  # pooled visual + action tokens per scene
     teacher_key: str = ""
@@ -202,6 +211,9 @@ class PlannerConfig:
                                        or self.distill.full_key):
             raise ValueError("the ego-mlp host has no scene tokens or planning queries: fusion and distillation "
                              "need host transfuser or ipad")
+        if self.fusion.zero_output and self.fusion.gate_init == 0.0:
+            raise ValueError("fusion.zero_output starts the fusion blocks' output projections at zero; with "
+                             "fusion.gate_init 0 as well nothing would ever learn: set fusion.gate_init (e.g. 1.0)")
         t = self.train
         if t.warmup_epochs < 0 or t.grad_clip < 0 or not (t.ema_decay == 0.0 or 0.0 < t.ema_decay < 1.0):
             raise ValueError(f"train.warmup_epochs and train.grad_clip must be >= 0 and train.ema_decay in (0, 1) "

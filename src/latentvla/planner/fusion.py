@@ -35,15 +35,21 @@ def check_teacher_embeddings(features: dict[str, Tensor], tokens: int, dim: int)
 
 
 class GatedCrossAttention(nn.Module):
-    """q + tanh(g_a) * attn(ln(q), ctx), then q + tanh(g_m) * mlp(ln(q)); identity while both gates are 0."""
+    """q + tanh(g_a) * attn(ln(q), ctx), then q + tanh(g_m) * mlp(ln(q)); identity while both gates are 0, or
+    (``zero_output``) while the attention's and the MLP's output projections are 0."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, gate_init: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, gate_init: float,
+                 zero_output: bool = False) -> None:
         super().__init__()
         self.ln_q, self.ln_m = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout)
         self.mlp = mlp(dim, mlp_ratio, dropout)
         self.gate_attn = nn.Parameter(torch.tensor(float(gate_init)))
         self.gate_mlp = nn.Parameter(torch.tensor(float(gate_init)))
+        if zero_output:
+            for layer in (self.attn.proj, self.mlp[-1]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, q: Tensor, context: Tensor) -> Tensor:
         q = q + torch.tanh(self.gate_attn) * self.attn(self.ln_q(q), context)
@@ -64,7 +70,8 @@ class Fusion(nn.Module):
         self.proj = nn.Linear(fu.context_dim, tf.dim)
         self.pos = nn.Parameter(torch.randn(1, fu.context_tokens, tf.dim) * 0.02)
         self.points = nn.ModuleList(
-            nn.ModuleList(GatedCrossAttention(tf.dim, tf.heads, tf.mlp_ratio, tf.dropout, fu.gate_init)
+            nn.ModuleList(GatedCrossAttention(tf.dim, tf.heads, tf.mlp_ratio, tf.dropout, fu.gate_init,
+                                                  fu.zero_output)
                           for _ in range(fu.layers)) for _ in range(points))
 
     def context(self, features: dict[str, Tensor]) -> Tensor:
