@@ -268,7 +268,11 @@ def planner_train(
                                              help="Full (fused) planner run to distill into this student (no VLM at "
                                                   "inference)."),
     latent_labels: Path | None = typer.Option(None, "--latent-labels",
-                                              help="LAM run whose latent codes train an auxiliary head (control)."),
+                                              help="LAM run whose latent codes train an auxiliary head (control), "
+                                                   "or that --oracle latent reads."),
+    oracle: str | None = typer.Option(None, "--oracle",
+                                      help="Diagnostic: fuse a privileged context instead of a teacher (facts, "
+                                           "latent, expert; docs/TRAINING.md). Scores from a dataset only."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     devices: int = DevicesOpt,
     num_nodes: int = NumNodesOpt,
@@ -281,7 +285,8 @@ def planner_train(
     metrics = train(data, out, planner_config(host, profile, config, set_), resume=resume,
                     workers=workers or _default_workers(), quiet=quiet, cache_root=cache_dir,
                     metric_cache_root=metric_cache_dir,
-                    sources=Sources(teacher=teacher, distill_from=distill_from, latent_labels=latent_labels),
+                    sources=Sources(teacher=teacher, distill_from=distill_from, latent_labels=latent_labels,
+                                    oracle=oracle),
                     launch=make_launch(devices, num_nodes, strategy))
     if metrics:  # ranks other than 0 return nothing
         console.print(f"[green]trained[/] {out}: {json.dumps(metrics)}")
@@ -486,7 +491,8 @@ def experiment_table_cmd(
     out: Path = typer.Option(..., "--out", help="Output directory: runs, scores, table.csv, table.json."),
     profile: str = ProfileOpt,
     seeds: int = _ExpSeeds,
-    models: str | None = typer.Option(None, "--models", help="Comma-separated subset of the rows (default all)."),
+    models: str | None = typer.Option(None, "--models", help="Comma-separated subset of the rows (default all but "
+                                                             "the diagnostic oracle-facts, oracle-latent, oracle-expert)."),
     workers: int = _ExpWorkers,
     threads: int = _ExpThreads,
     set_: list[str] | None = _ExpSet,

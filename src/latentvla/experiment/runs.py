@@ -36,12 +36,18 @@ PLANNER_ROWS = {
     "ipad-aux": ("ipad", "aux"),
     "ipad-wide": ("ipad", "wide:full"),
     "full-random-vlm": ("ipad", "fuse-random"),
+    "oracle-facts": ("ipad", "oracle=facts"),
+    "oracle-latent": ("ipad", "oracle=latent"),
+    "oracle-expert": ("ipad", "oracle=expert"),
 }
 TEACHER_ROWS = {"teacher": "teacher", "teacher-scratch": "teacher-scratch"}
 REFERENCE_ROWS = ("constant-velocity", "pdm-closed", "log-replay")
 MODELS = ("constant-velocity", "ego-mlp", "transfuser", "ipad", "teacher", "teacher-scratch", "full", "distilled",
           "transfuser-full", "transfuser-distilled", "ipad-aux", "ipad-wide", "full-random-vlm", "pdm-closed",
           "log-replay")
+# Diagnostic rows, on request only (--models): the full architecture fed a privileged context (planner/oracle.py),
+# an upper bound on what any teacher could add through fusion. Scored from the dataset; no latency, no closed loop.
+ORACLE_ROWS = ("oracle-facts", "oracle-latent", "oracle-expert")
 
 
 @dataclass
@@ -184,6 +190,9 @@ def train_planner_row(plan: Plan, model: str, seed: int, lam: Path, teachers: di
         sources = Sources(distill_from=plan.planner_run(how.split(":", 1)[1], seed))
     elif how == "aux":
         sources = Sources(latent_labels=lam)
+    elif how.startswith("oracle="):
+        name = how.split("=", 1)[1]
+        sources = Sources(oracle=name, latent_labels=lam if name == "latent" else None)
     elif how.startswith("wide:"):
         from latentvla.planner.checkpoint import load_planner
 

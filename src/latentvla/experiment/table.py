@@ -23,8 +23,16 @@ import torch
 from rich.console import Console
 
 from latentvla.data.store import open_store
-from latentvla.experiment.runs import MODELS, PLANNER_ROWS, REFERENCE_ROWS, TEACHER_ROWS, Plan, train_all
-from latentvla.experiment.stats import build_table, render_tables, write_table
+from latentvla.experiment.runs import (
+    MODELS,
+    ORACLE_ROWS,
+    PLANNER_ROWS,
+    REFERENCE_ROWS,
+    TEACHER_ROWS,
+    Plan,
+    train_all,
+)
+from latentvla.experiment.stats import PAIRS, build_table, render_tables, write_table
 from latentvla.runtime.io import read_json, write_json
 from latentvla.runtime.parallel import torch_threads
 
@@ -77,7 +85,7 @@ def closed_loop_cells(plan: Plan, model: str, run: Path | None, console: Console
 
     scenes, seconds = CLOSED_LOOP.get(plan.profile, CLOSED_LOOP["demo"])
     scenes = scenes if plan.closed_loop_scenes is None else plan.closed_loop_scenes
-    if not scenes or model == "pdm-closed":
+    if not scenes or model == "pdm-closed" or model in ORACLE_ROWS:
         return None
     spec = "expert" if model == "log-replay" else (model if run is None else str(run))
     path = plan.out / "closed_loop" / f"{model}.json"
@@ -118,6 +126,8 @@ def latency_fn(plan: Plan, model: str, run: Path | None, token: str):
         return 0, lambda: agent.compute_trajectory(inp)
     agent = load_row_agent(model, run)
     params = sum(p.numel() for p in agent.model.parameters())
+    if model in ORACLE_ROWS:
+        return int(params), None  # a privileged context exists only for dataset scenes: nothing to time
     teacher = getattr(agent, "teacher", None)
     if teacher is not None:
         params += sum(p.numel() for p in teacher.model.parameters())
@@ -182,9 +192,9 @@ def experiment_table(plan: Plan, models: tuple[str, ...] = MODELS, threads: int 
     """Train, score and tabulate; writes OUT/table.csv, OUT/table.json and prints both tables."""
 
     console = console or Console(stderr=True)
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in MODELS + ORACLE_ROWS]
     if unknown:
-        raise ValueError(f"unknown model '{unknown[0]}'; valid: {list(MODELS)}")
+        raise ValueError(f"unknown model '{unknown[0]}'; valid: {list(MODELS + ORACLE_ROWS)}")
     store = open_store(plan.data, verify_blobs=False)
     missing = [s for s in ("train", "val", "test") if not store.tokens(s)]
     if missing:
@@ -194,7 +204,8 @@ def experiment_table(plan: Plan, models: tuple[str, ...] = MODELS, threads: int 
     by_model = {m: {s: run_of(m, s, runs) for s in (range(plan.seeds) if m in PLANNER_ROWS else range(1))}
                 for m in models}
     table_models = score_models(plan, by_model, threads, console)
-    table = build_table(table_models, logs=scene_logs(store))
+    pairs = {**PAIRS, **{f"{m}-ipad": (m, "ipad") for m in models if m in ORACLE_ROWS}}
+    table = build_table(table_models, pairs, logs=scene_logs(store))
     publish(table, plan, threads, "table", console)
     write_json(plan.out / "runs.json", {"lam": str(runs["lam"]), "teachers": {k: str(v) for k, v in runs["teachers"].items()},
                                         "planner": {f"{m}.seed{s}": str(p) for (m, s), p in runs["planner"].items()}},

@@ -14,6 +14,7 @@ import torch
 
 from latentvla.agents.base import Agent
 from latentvla.planner.fusion import TEACHER_KEY
+from latentvla.runtime.io import read_json
 from latentvla.schema import AgentInput, Trajectory
 
 
@@ -83,7 +84,10 @@ class PlannerAgent(FeatureAgent):
         self.init_features(self.cfg.features, device)
         self.teacher = None  # the full model's VLA teacher (its generation runs inside plan())
         self.teacher_cache: dict[str, np.ndarray] | None = None
-        if self.cfg.fusion.enabled:
+        self.oracle = read_json(self.run / "run.json").get("oracle") if (self.run / "run.json").is_file() else None
+        if self.oracle:  # privileged context (planner/oracle.py): scored from a dataset only
+            self.name = f"{self.cfg.host}+oracle-{self.oracle}:{self.run.name}"
+        elif self.cfg.fusion.enabled:
             from latentvla.planner.sources import teacher_run_of
             from latentvla.vla.agent import TeacherAgent
 
@@ -95,7 +99,19 @@ class PlannerAgent(FeatureAgent):
         if self.cfg.host == "ego-mlp":
             return  # nothing to gain: ego status only
         super().use_cache(data, split, cache_root, workers, quiet)
-        if self.teacher is not None:
+        if self.oracle:
+            from latentvla.planner.oracle import oracle_context
+
+            rel = read_json(self.run / "run.json").get("latent_labels")
+            labels = None if rel is None else (self.run / rel).resolve()
+            from latentvla.planner.cache import SPLIT_NAMES
+
+            splits = SPLIT_NAMES if split == "all" else (split,)
+            tokens = [t for s in splits for t in self.cache.tokens(s)]
+            ctx = oracle_context(self.oracle, data, split, tokens, self.cfg.features, labels,
+                                 planner_cache_root=cache_root, workers=workers, quiet=quiet)
+            self.teacher_cache = dict(zip(tokens, ctx))
+        elif self.teacher is not None:
             from latentvla.vla.encode_cache import teacher_outputs
 
             out = teacher_outputs(self.teacher.run, data, split, planner_cache_root=cache_root, workers=workers,
@@ -106,7 +122,7 @@ class PlannerAgent(FeatureAgent):
         if self.cache is None and self.cfg.host == "ego-mlp":  # ego status only: no sensors, no backbone
             return {"ego_status": torch.from_numpy(np.stack([self.builder.ego_status(a) for a in agent_inputs]))}
         feats = super().features(agent_inputs)
-        if self.teacher is not None:
+        if self.teacher is not None or self.oracle:
             feats[TEACHER_KEY] = self.teacher_embeddings(agent_inputs, feats)
         return feats
 
@@ -114,7 +130,7 @@ class PlannerAgent(FeatureAgent):
     def infer(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, 8, 3) from prebuilt planner features; a full model runs its teacher here (generation included,
         never the cache): what a latency benchmark must time."""
-        if self.teacher is not None:
+        if self.teacher is not None or self.oracle:
             feats = {**feats, TEACHER_KEY: self.live_teacher_embeddings(feats)}
         return self.model(feats)["trajectory"]
 
@@ -123,7 +139,8 @@ class PlannerAgent(FeatureAgent):
         if self.teacher_cache is not None:
             missing = [a.token for a in agent_inputs if a.token not in self.teacher_cache]
             if missing:
-                raise KeyError(f"scene {missing[0]} is not in the teacher cache of {self.teacher.run}")
+                source = f"oracle '{self.oracle}'" if self.oracle else f"teacher cache of {self.teacher.run}"
+                raise KeyError(f"scene {missing[0]} is not in the {source}")
             return torch.from_numpy(np.stack([self.teacher_cache[a.token] for a in agent_inputs])).to(self.device)
         return self.live_teacher_embeddings(feats, agent_inputs)
 
@@ -131,6 +148,9 @@ class PlannerAgent(FeatureAgent):
                                 agent_inputs: list[AgentInput] | None = None) -> torch.Tensor:
         """The teacher's generation on the planner's features (its own, built from ``agent_inputs``, when the
         two feature configs differ), in the stored precision (float16) so live and cached inputs match."""
+        if self.oracle:
+            raise ValueError(f"{self.run} reads the privileged oracle context '{self.oracle}' (ground truth an agent "
+                             f"never sees): it scores only from a dataset (`latentvla score --data`, use_cache)")
         same = self.teacher.features_cfg == self.features_cfg
         if not same and agent_inputs is None:
             raise ValueError(f"{self.run}: the teacher reads other features than the planner; time plan() instead")

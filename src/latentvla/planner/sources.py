@@ -6,6 +6,8 @@
   against the full model's teacher (``latent_probs``: per-position soft tokens) and the full model's own outputs on
   the train split (``full_selection``: iPad's proposal selection scores; ``full_plan_features``).
 - ``--latent-labels LAM_RUN`` (the ``ipad-aux`` control): the LAM's ego codes as one-hot ``latent_probs``.
+- ``--oracle NAME`` (diagnostic, ``planner/oracle.py``): the full architecture fed a privileged context (perception
+  facts, the LAM's true tokens with ``--latent-labels``, or the expert's future) instead of the teacher.
 
 Teacher outputs are features (computed from the same inputs an agent sees); everything the student imitates is a
 target, so nothing of the teacher or the full model runs when the student drives. The runs behind a planner are
@@ -32,11 +34,26 @@ class Sources:
     teacher: Path | None = None
     distill_from: Path | None = None
     latent_labels: Path | None = None
+    oracle: str | None = None  # planner/oracle.py; with ``latent``, latent_labels names the LAM run it reads
 
     def __post_init__(self) -> None:
-        given = [n for n in ("teacher", "distill_from", "latent_labels") if getattr(self, n) is not None]
+        from latentvla.planner.oracle import ORACLES
+
+        given = [n for n in ("teacher", "distill_from", "latent_labels", "oracle") if getattr(self, n) is not None]
+        if self.oracle == "latent" and self.latent_labels is not None:
+            given.remove("latent_labels")
         if len(given) > 1:
-            raise ValueError(f"--teacher, --distill-from and --latent-labels exclude each other, got {given}")
+            raise ValueError(f"--teacher, --distill-from, --latent-labels and --oracle exclude each other (except "
+                             f"--oracle latent with the --latent-labels it reads), got {given}")
+        if self.oracle is not None and self.oracle not in ORACLES:
+            raise ValueError(f"unknown --oracle '{self.oracle}'; valid: {list(ORACLES)}")
+        if self.oracle == "latent" and self.latent_labels is None:
+            raise ValueError("--oracle latent reads the LAM's true tokens: give the LAM run with --latent-labels")
+
+    @property
+    def aux_labels(self) -> Path | None:
+        """The LAM run of the auxiliary latent head (the ``ipad-aux`` control), not of ``--oracle latent``."""
+        return self.latent_labels if self.oracle is None else None
 
     def parents(self) -> list[str]:
         return [str(p) for p in (self.teacher, self.distill_from, self.latent_labels) if p is not None]
@@ -72,6 +89,15 @@ def configure(cfg: PlannerConfig, sources: Sources, data: Path, **cache) -> Plan
         fusion = replace(cfg.fusion, enabled=True, context_tokens=int(t), context_dim=int(d),
                          teacher_key=run_key(sources.teacher))
         return replace(cfg, fusion=fusion)
+    if sources.oracle is not None:
+        from latentvla.data.store import open_store
+        from latentvla.planner.oracle import oracle_context, oracle_key
+
+        tokens = open_store(data, verify_blobs=False).tokens("val")[:1]  # one scene gives the context's shape
+        ctx = oracle_context(sources.oracle, data, "val", tokens, cfg.features, sources.latent_labels, **cache)
+        fusion = replace(cfg.fusion, enabled=True, context_tokens=int(ctx.shape[1]), context_dim=int(ctx.shape[2]),
+                         teacher_key=oracle_key(sources.oracle, sources.latent_labels))
+        return replace(cfg, fusion=fusion)
     if sources.distill_from is not None:
         from latentvla.planner.checkpoint import read_config
         from latentvla.planner.train import MODEL_FILE
@@ -93,8 +119,8 @@ def configure(cfg: PlannerConfig, sources: Sources, data: Path, **cache) -> Plan
             distill = replace(distill, latent_target="teacher", latent_positions=int(probs.shape[1]),
                               latent_codes=int(probs.shape[2]))
         return replace(cfg, distill=distill)
-    if sources.latent_labels is not None:
-        labels = _labels(sources.latent_labels, data, cache)
+    if sources.aux_labels is not None:
+        labels = _labels(sources.aux_labels, data, cache)
         distill = replace(cfg.distill, latent_target="labels", latent_positions=labels.num_positions,
                           latent_codes=labels.num_codes, source_key=labels.lam_config_hash, full_key="")
         return replace(cfg, distill=distill)
@@ -125,10 +151,15 @@ def add_inputs(cfg: PlannerConfig, sources: Sources, data: Path, split: str, tok
     if sources.teacher is not None:
         out = teacher_outputs(sources.teacher, data, split, **cache)
         features[TEACHER_KEY] = out["embeddings"][_rows(out, tokens, "teacher output")]
+    if sources.oracle is not None:
+        from latentvla.planner.oracle import oracle_context
+
+        features[TEACHER_KEY] = oracle_context(sources.oracle, data, split, tokens, cfg.features,
+                                               sources.latent_labels, **cache)
     if not with_targets:
         return
-    if sources.latent_labels is not None:
-        labels = _labels(sources.latent_labels, data, cache)
+    if sources.aux_labels is not None:
+        labels = _labels(sources.aux_labels, data, cache)
         missing = [t for t in tokens if t not in labels.codes]
         if missing:
             raise ValueError(f"{len(missing)} {split} scenes (e.g. {missing[0]}) have no label in {labels.lam_run}")
@@ -168,4 +199,4 @@ def relative_sources(sources: Sources, run: Path) -> dict[str, str | None]:
         return None if p is None else os.path.relpath(Path(p).resolve(), Path(run).resolve())
 
     return {"teacher": rel(sources.teacher), "distill_from": rel(sources.distill_from),
-            "latent_labels": rel(sources.latent_labels)}
+            "latent_labels": rel(sources.latent_labels), "oracle": sources.oracle}
