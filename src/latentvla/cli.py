@@ -461,6 +461,35 @@ def vla_eval(
             Console().print(f"{k:24s} {v:.4f}")
 
 
+@vla_app.command("headroom")
+@_friendly
+def vla_headroom(
+    run: Path = typer.Option(..., "--run", help="Teacher run directory (its labels and feature config are used)."),
+    data: Path = typer.Option(..., "--data", help="Dataset directory (probes fit on train, tuned on val, scored "
+                                                  "on test)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
+    lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir",
+                                              help="LAM feature cache root for labelling (default DATA/feature_cache)."),
+) -> None:
+    """How much perfect perception facts (what `vla pretrain` teaches) add to a linear probe of the latent tokens
+    beyond ego status and camera features: the headroom of the pretraining stand-in (RUN/headroom.json)."""
+    from latentvla.vla.headroom import headroom
+
+    out = headroom(run, data, workers=workers or _default_workers(), quiet=as_json,
+                   cache_root=cache_dir, lam_cache_root=lam_cache_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
+        return
+    for name, v in out["inputs"].items():
+        lt = v["long_tail_token_accuracy"]
+        Console().print(f"{name:18s} token {v['token_accuracy']:.4f}  long tail "
+                        f"{'-' if lt is None else f'{lt:.4f}'}")
+    gain = out["facts_gain_long_tail"]
+    Console().print(f"facts gain on the long tail: {'-' if gain is None else f'{gain:+.4f}'}")
+
+
 # --- experiment: the paper's comparison ---------------------------------------------------------------------------
 experiment_app = typer.Typer(no_args_is_help=True, help="The LatentVLA comparison: hosts, teacher, full, distilled, "
                                                          "controls.")
