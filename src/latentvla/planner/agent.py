@@ -100,12 +100,11 @@ class PlannerAgent(FeatureAgent):
             return  # nothing to gain: ego status only
         super().use_cache(data, split, cache_root, workers, quiet)
         if self.oracle:
+            from latentvla.planner.cache import SPLIT_NAMES
             from latentvla.planner.oracle import oracle_context
 
             rel = read_json(self.run / "run.json").get("latent_labels")
             labels = None if rel is None else (self.run / rel).resolve()
-            from latentvla.planner.cache import SPLIT_NAMES
-
             splits = SPLIT_NAMES if split == "all" else (split,)
             tokens = [t for s in splits for t in self.cache.tokens(s)]
             ctx = oracle_context(self.oracle, data, split, tokens, self.cfg.features, labels,
