@@ -290,6 +290,18 @@ def test_render_tables():
     assert "x" in [c.header for c in fam.columns] and "y" in [c.header for c in fam.columns]
 
 
+def test_tables_print_whole_into_a_log_file():
+    """A non-terminal console (a log) gets the tables at full width, not cut to 80 columns."""
+    import io
+
+    from latentvla.experiment.table import print_tables
+
+    buf = io.StringIO()
+    print_tables(render_tables(build_table(_models(), PAIRS, RECOVERY, n_boot=200)), Console(file=buf))
+    out = buf.getvalue()
+    assert "distilled" in out and "model" in out and "…" not in out
+
+
 def test_human_count():
     assert [human_count(n) for n in (0, 999, 1500, 1_234_567, 2_000_000_000)] == ["0", "999", "1.5K", "1.2M",
                                                                                   "2.0B"]

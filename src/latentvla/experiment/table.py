@@ -178,8 +178,15 @@ def publish(table: dict, plan: Plan, threads: int, stem: str, console: Console) 
     """Stamp the profile and thread setting, write OUT/<stem>.csv / .json, print both tables."""
     table.update(profile=plan.profile, latency_threads=threads)
     write_table(table, plan.out, stem=stem)
-    for t in render_tables(table):  # full width in logs too (a non-terminal console defaults to 80 columns)
-        console.print(t, width=None if console.is_terminal else 200)
+    print_tables(render_tables(table), console)
+
+
+def print_tables(tables, console: Console, log_width: int = 200) -> None:
+    """Print rich tables, at ``log_width`` columns when the console is no terminal: a log file would otherwise get
+    80 columns and every cell cut to "0.8…" (``print(width=)`` does not widen a table)."""
+    out = console if console.is_terminal else Console(file=console.file, width=log_width)
+    for t in tables:
+        out.print(t)
 
 
 def scene_logs(store) -> dict[str, str]:
