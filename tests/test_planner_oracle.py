@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from latentvla.cli import app
-from latentvla.planner.oracle import FOURIER_FREQS, fact_values, facts_onehot, fourier, oracle_key
+from latentvla.planner.oracle import (
+    FOURIER_FREQS,
+    fact_values,
+    facts_onehot,
+    fourier,
+    noisy_codes,
+    oracle_key,
+    parse_oracle,
+)
 from latentvla.planner.sources import Sources
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,11 +54,28 @@ def test_oracle_source_rules(tmp_path) -> None:
         Sources(teacher=tmp_path, oracle="facts")
     with pytest.raises(ValueError, match="--latent-labels"):
         Sources(oracle="latent")
-    with pytest.raises(ValueError, match="unknown --oracle 'future'"):
+    with pytest.raises(ValueError, match="unknown oracle 'future'"):
         Sources(oracle="future")
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        Sources(oracle="latent@1.5", latent_labels=tmp_path)
+    with pytest.raises(ValueError, match="unknown oracle 'facts@0.5'"):
+        Sources(oracle="facts@0.5")
+    assert parse_oracle("latent@0.25") == ("latent", 0.25) and parse_oracle("expert") == ("expert", None)
     s = Sources(oracle="latent", latent_labels=tmp_path)
     assert s.aux_labels is None and Sources(latent_labels=tmp_path).aux_labels == tmp_path
     assert oracle_key("facts") == "oracle:facts"
+
+
+def test_noisy_codes_hit_the_asked_accuracy_and_depend_on_the_scene_only() -> None:
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 16, (4000, 12))
+    tokens = [f"scene{i}" for i in range(4000)]
+    for acc in (0.33, 0.75):
+        noisy = noisy_codes(codes, tokens, 16, acc)
+        assert abs((noisy == codes).mean() - acc) < 0.01
+        assert noisy.min() >= 0 and noisy.max() < 16
+    again = noisy_codes(codes[::-1], tokens[::-1], 16, 0.33)[::-1]  # another order, the same draws per scene
+    np.testing.assert_array_equal(again, noisy_codes(codes, tokens, 16, 0.33))
 
 
 @pytest.fixture(scope="module")

@@ -272,7 +272,8 @@ def planner_train(
                                                    "or that --oracle latent reads."),
     oracle: str | None = typer.Option(None, "--oracle",
                                       help="Diagnostic: fuse a privileged context instead of a teacher (facts, "
-                                           "latent, expert; docs/TRAINING.md). Scores from a dataset only."),
+                                           "latent, latent@ACCURACY, expert; docs/TRAINING.md). Scores from a "
+                                           "dataset only."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     devices: int = DevicesOpt,
     num_nodes: int = NumNodesOpt,

@@ -9,7 +9,8 @@ knowledge could give the host:
   one-hot over that fact's answers. Exactly the knowledge the pretraining stand-in teaches (from the ground-truth
   annotations, so a perfect perceiver of them).
 - ``latent``: the LAM's true ego tokens (one-hot, N x K): what a teacher with perfect token accuracy would
-  generate. Needs the LAM run (``--latent-labels``).
+  generate. Needs the LAM run (``--latent-labels``). ``latent@A`` (0 < A < 1) replaces each token by a uniformly
+  drawn code often enough that a fraction A stays right: a teacher of token accuracy A whose errors are noise.
 - ``expert``: the expert's own future trajectory (Fourier features of every pose). A **mechanism check** only:
   it puts the target into the features, so a working fusion path must score near log-replay with it.
 
@@ -21,11 +22,41 @@ for ``latent``), so an oracle run never reuses a teacher run or the other way ro
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
 ORACLES = ("facts", "latent", "expert")
+
+
+def parse_oracle(name: str) -> tuple[str, float | None]:
+    """``"latent@0.5"`` -> ("latent", 0.5); any other valid name -> (name, None). Clear error otherwise."""
+    kind, _, acc = name.partition("@")
+    if kind not in ORACLES or (acc and kind != "latent"):
+        raise ValueError(f"unknown oracle '{name}'; valid: {list(ORACLES)} or latent@A (token accuracy 0 < A < 1)")
+    if not acc:
+        return kind, None
+    try:
+        a = float(acc)
+    except ValueError:
+        a = -1.0
+    if not 0.0 < a < 1.0:
+        raise ValueError(f"oracle '{name}': the token accuracy after '@' must lie in (0, 1)")
+    return kind, a
+
+
+def noisy_codes(codes: np.ndarray, tokens: list[str], num_codes: int, accuracy: float) -> np.ndarray:
+    """``codes`` (S, N) with each entry replaced, with probability q = (1 - A) / (1 - 1 / K), by a uniform draw
+    over the K codes (so a fraction A is right in expectation). The draws of a scene depend on its token only,
+    so every split, process and run sees the same noisy context."""
+    q = (1.0 - accuracy) / (1.0 - 1.0 / num_codes)
+    out = np.array(codes, copy=True)
+    for i, tok in enumerate(tokens):
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(tok.encode()).digest()[:8], "little"))
+        swap = rng.random(out.shape[1]) < q
+        out[i, swap] = rng.integers(0, num_codes, int(swap.sum()))
+    return out
 FOURIER_FREQS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # rad per metre / radian: 125 m down to 3 m periods
 
 
@@ -68,8 +99,7 @@ def oracle_context(name: str, data: str | Path, split: str, tokens: list[str], f
                    workers: int = 1, quiet: bool = True) -> np.ndarray:
     """(S, T, D) float16 context of ``tokens`` (scenes of ``split``) for the oracle ``name``; ``features_cfg``
     (the planner's) locates the planner cache that holds the expert trajectories."""
-    if name not in ORACLES:
-        raise ValueError(f"unknown oracle '{name}'; valid: {list(ORACLES)}")
+    name, accuracy = parse_oracle(name)
     data = Path(data)
     if name == "facts":
         from latentvla.vla.pretrain import scene_facts
@@ -84,7 +114,10 @@ def oracle_context(name: str, data: str | Path, split: str, tokens: list[str], f
         missing = [t for t in tokens if t not in labels.codes]
         if missing:
             raise ValueError(f"{len(missing)} {split} scenes (e.g. {missing[0]}) have no label in {labels.lam_run}")
-        return np.eye(labels.num_codes, dtype=np.float16)[np.stack([labels.codes[t] for t in tokens])]
+        codes = np.stack([labels.codes[t] for t in tokens])
+        if accuracy is not None:
+            codes = noisy_codes(codes, tokens, labels.num_codes, accuracy)
+        return np.eye(labels.num_codes, dtype=np.float16)[codes]
     from latentvla.planner.cache import PlannerCache
     from latentvla.planner.configuration import FeatureConfig
 
@@ -95,8 +128,8 @@ def oracle_context(name: str, data: str | Path, split: str, tokens: list[str], f
 
 def oracle_key(name: str, latent_labels: Path | None = None) -> str:
     """The fusion ``teacher_key`` of an oracle run (pins the LAM run's config for ``latent``)."""
-    if name == "latent" and latent_labels is not None:
+    if parse_oracle(name)[0] == "latent" and latent_labels is not None:
         from latentvla.runtime.io import read_json
 
-        return f"oracle:latent:{read_json(Path(latent_labels) / 'run.json')['config_hash']}"
+        return f"oracle:{name}:{read_json(Path(latent_labels) / 'run.json')['config_hash']}"
     return f"oracle:{name}"

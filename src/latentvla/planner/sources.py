@@ -37,17 +37,16 @@ class Sources:
     oracle: str | None = None  # planner/oracle.py; with ``latent``, latent_labels names the LAM run it reads
 
     def __post_init__(self) -> None:
-        from latentvla.planner.oracle import ORACLES
+        from latentvla.planner.oracle import parse_oracle
 
         given = [n for n in ("teacher", "distill_from", "latent_labels", "oracle") if getattr(self, n) is not None]
-        if self.oracle == "latent" and self.latent_labels is not None:
+        latent = self.oracle is not None and parse_oracle(self.oracle)[0] == "latent"
+        if latent and self.latent_labels is not None:
             given.remove("latent_labels")
         if len(given) > 1:
             raise ValueError(f"--teacher, --distill-from, --latent-labels and --oracle exclude each other (except "
                              f"--oracle latent with the --latent-labels it reads), got {given}")
-        if self.oracle is not None and self.oracle not in ORACLES:
-            raise ValueError(f"unknown --oracle '{self.oracle}'; valid: {list(ORACLES)}")
-        if self.oracle == "latent" and self.latent_labels is None:
+        if latent and self.latent_labels is None:
             raise ValueError("--oracle latent reads the LAM's true tokens: give the LAM run with --latent-labels")
 
     @property
