@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 
 import typer
 from rich.console import Console
@@ -80,3 +81,11 @@ def ray_option(fn):
     wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), ray_param])
     wrapper.__annotations__ = {**fn.__annotations__, "ray": "str | None"}
     return wrapper
+
+
+ProfileOpt = typer.Option("demo", "--profile", help="quick | demo | full")
+
+
+def default_workers() -> int:
+    """Worker processes when ``--workers 0``: one per core."""
+    return max(1, os.cpu_count() or 1)
