@@ -143,3 +143,19 @@ def test_ablations_share_the_reference_chain(table, runner):
     assert student.distill.score_weight == 0 and student.distill.latent_weight > 0
     res = runner.invoke(app, [*args, "--ablations", "nope"])
     assert res.exit_code != 0 and "unknown ablation" in res.output
+
+
+def test_oracle_rows_on_request(table, runner):
+    """The diagnostic rows train with their privileged context, are paired with iPad, and have no latency."""
+    out = table["out"]
+    res = runner.invoke(app, [*table["args"], "--models", "ipad,oracle-latent,oracle-expert"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "table.json").read_text())
+    rows = {r["model"]: r for r in doc["rows"]}
+    assert list(rows) == ["ipad", "oracle-latent", "oracle-expert"]
+    assert rows["ipad"]["latency_ms"] is not None
+    assert rows["oracle-latent"]["latency_ms"] is None and rows["oracle-expert"]["latency_ms"] is None
+    assert {"oracle-latent-ipad", "oracle-expert-ipad"} <= set(doc["paired"])
+    run = json.loads((out / "planner" / "oracle-latent" / "run.json").read_text())
+    assert run["oracle"] == "latent" and run["latent_labels"]
+    assert "oracle-facts" not in MODELS  # never part of the default table
