@@ -47,7 +47,7 @@ MODELS = ("constant-velocity", "ego-mlp", "transfuser", "ipad", "teacher", "teac
           "log-replay")
 # Diagnostic rows, on request only (--models): the full architecture fed a privileged context (planner/oracle.py),
 # an upper bound on what any teacher could add through fusion. Scored from the dataset; no latency, no closed loop.
-ORACLE_ROWS = ("oracle-facts", "oracle-latent", "oracle-expert")
+ORACLE_ROWS = tuple(m for m, (_, how) in PLANNER_ROWS.items() if how.startswith("oracle="))
 
 
 @dataclass

@@ -84,7 +84,11 @@ class PlannerAgent(FeatureAgent):
         self.init_features(self.cfg.features, device)
         self.teacher = None  # the full model's VLA teacher (its generation runs inside plan())
         self.teacher_cache: dict[str, np.ndarray] | None = None
-        self.oracle = read_json(self.run / "run.json").get("oracle") if (self.run / "run.json").is_file() else None
+        info = read_json(self.run / "run.json") if (self.run / "run.json").is_file() else {}
+        self.oracle = info.get("oracle")
+        # the LAM run an ``--oracle latent`` run reads (recorded relative to the run)
+        self.oracle_labels = (self.run / info["latent_labels"]).resolve() if self.oracle and info.get("latent_labels") \
+            else None
         if self.oracle:  # privileged context (planner/oracle.py): scored from a dataset only
             self.name = f"{self.cfg.host}+oracle-{self.oracle}:{self.run.name}"
         elif self.cfg.fusion.enabled:
@@ -103,11 +107,9 @@ class PlannerAgent(FeatureAgent):
             from latentvla.planner.cache import SPLIT_NAMES
             from latentvla.planner.oracle import oracle_context
 
-            rel = read_json(self.run / "run.json").get("latent_labels")
-            labels = None if rel is None else (self.run / rel).resolve()
             splits = SPLIT_NAMES if split == "all" else (split,)
             tokens = [t for s in splits for t in self.cache.tokens(s)]
-            ctx = oracle_context(self.oracle, data, split, tokens, self.cfg.features, labels,
+            ctx = oracle_context(self.oracle, data, split, tokens, self.cfg.features, self.oracle_labels,
                                  planner_cache_root=cache_root, workers=workers, quiet=quiet)
             self.teacher_cache = dict(zip(tokens, ctx))
         elif self.teacher is not None:

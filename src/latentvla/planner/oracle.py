@@ -108,13 +108,10 @@ def oracle_context(name: str, data: str | Path, split: str, tokens: list[str], f
     if name == "latent":
         if latent_labels is None:
             raise ValueError("--oracle latent reads the LAM's true tokens: give the LAM run with --latent-labels")
-        from latentvla.vla.data import load_labels
+        from latentvla.vla.data import label_codes, load_labels
 
         labels = load_labels(latent_labels, data, "ego", workers=workers, quiet=quiet)
-        missing = [t for t in tokens if t not in labels.codes]
-        if missing:
-            raise ValueError(f"{len(missing)} {split} scenes (e.g. {missing[0]}) have no label in {labels.lam_run}")
-        codes = np.stack([labels.codes[t] for t in tokens])
+        codes = label_codes(labels, tokens, split)
         if accuracy is not None:
             codes = noisy_codes(codes, tokens, labels.num_codes, accuracy)
         return np.eye(labels.num_codes, dtype=np.float16)[codes]

@@ -158,11 +158,10 @@ def add_inputs(cfg: PlannerConfig, sources: Sources, data: Path, split: str, tok
     if not with_targets:
         return
     if sources.aux_labels is not None:
+        from latentvla.vla.data import label_codes
+
         labels = _labels(sources.aux_labels, data, cache)
-        missing = [t for t in tokens if t not in labels.codes]
-        if missing:
-            raise ValueError(f"{len(missing)} {split} scenes (e.g. {missing[0]}) have no label in {labels.lam_run}")
-        codes = np.stack([labels.codes[t] for t in tokens])
+        codes = label_codes(labels, tokens, split)
         targets["latent_probs"] = np.eye(labels.num_codes, dtype=np.float32)[codes]
     if sources.distill_from is not None:
         full_run = Path(sources.distill_from)

@@ -75,15 +75,20 @@ class SplitArrays:
         return len(self.tokens)
 
 
-def split_arrays(cache, labels: LatentLabels, split: str, cfg: VLAConfig) -> SplitArrays:
-    """Features and labels of every scene of ``split`` (a scene without a label is an error, not a skip)."""
-    tokens = cache.tokens(split)
+def label_codes(labels: LatentLabels, tokens: list[str], split: str) -> np.ndarray:
+    """(S, N) codes of ``tokens`` (scenes of ``split``); a scene without a label is an error, not a skip."""
     missing = [t for t in tokens if t not in labels.codes]
     if missing:
         raise ValueError(f"{len(missing)} {split} scenes (e.g. {missing[0]}) have no label in {labels.lam_run}; "
                          f"the labels belong to another dataset: delete {labels.lam_run}/labels and re-label")
+    return np.stack([labels.codes[t] for t in tokens]) if tokens else np.zeros((0, labels.num_positions), np.int64)
+
+
+def split_arrays(cache, labels: LatentLabels, split: str, cfg: VLAConfig) -> SplitArrays:
+    """Features and labels of every scene of ``split`` (a scene without a label is an error, not a skip)."""
+    tokens = cache.tokens(split)
+    codes = label_codes(labels, tokens, split)
     feats, targets = cache.load(tokens)
-    codes = np.stack([labels.codes[t] for t in tokens]) if tokens else np.zeros((0, labels.num_positions), np.int64)
     return SplitArrays(tokens, {k: feats[k] for k in feature_keys(cfg)}, codes, [labels.families[t] for t in tokens],
                        targets["trajectory"])
 

@@ -74,31 +74,32 @@ def _camera_inputs(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, 
 
 def headroom(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = False,
              cache_root: str | Path | None = None, lam_cache_root: str | Path | None = None) -> dict:
-    from latentvla.planner.oracle import facts_onehot
+    from latentvla.planner.oracle import oracle_context
     from latentvla.vla.checkpoint import load_teacher
-    from latentvla.vla.data import load_labels, open_cache, split_arrays
-    from latentvla.vla.pretrain import scene_facts
+    from latentvla.vla.data import feature_keys, load_labels, open_cache, split_arrays
+    from latentvla.world.families import LONG_TAIL
 
     run, data = Path(run), Path(data)
     _, cfg = load_teacher(run)
     labels = load_labels(read_json(run / "run.json")["labels"], data, cfg.actions.targets, workers=workers,
                          quiet=True, cache_root=lam_cache_root)
-    cache = open_cache(data, cfg, ("train", "val", "test"), workers=workers, quiet=quiet, cache_root=cache_root)
-    tr, va, te = (split_arrays(cache, labels, s, cfg) for s in ("train", "val", "test"))
+    splits = ("train", "val", "test")
+    cache = open_cache(data, cfg, splits, workers=workers, quiet=quiet, cache_root=cache_root)
+    tr, va, te = arrays = tuple(split_arrays(cache, labels, s, cfg) for s in splits)
     if not (len(tr) and len(va) and len(te)):
         raise ValueError(f"{data}: the headroom probe needs scenes in train, val and test ({len(tr)}, {len(va)}, "
                          f"{len(te)})")
-    camera_key = next(k for k in tr.features if k != "ego_status")
+    ego_key, camera_key = feature_keys(cfg)
     if tr.features[camera_key].dtype == np.uint8:
         raise ValueError(f"{run} reads raw images (backbone.vision=native): the headroom probe needs the lite0 "
                          f"feature maps of the CPU profiles")
-    ego = tuple(a.features["ego_status"].astype(np.float32) for a in (tr, va, te))
-    camera = _camera_inputs(*(a.features[camera_key] for a in (tr, va, te)))
-    facts = tuple(facts_onehot(scene_facts(data, a.tokens, quiet=quiet)).reshape(len(a), -1).astype(np.float32)
-                  for a in (tr, va, te))
+    ego = tuple(a.features[ego_key].astype(np.float32) for a in arrays)
+    camera = _camera_inputs(*(a.features[camera_key] for a in arrays))
+    facts = tuple(oracle_context("facts", data, split, a.tokens, quiet=quiet).reshape(len(a), -1).astype(np.float32)
+                  for split, a in zip(splits, arrays))
     parts = {"ego": (ego,), "ego+camera": (ego, camera), "ego+facts": (ego, facts),
              "ego+camera+facts": (ego, camera, facts)}
-    long_tail = np.asarray(te.families) != "cruise"
+    long_tail = np.isin(te.families, LONG_TAIL)
     out: dict = {"split": "test", "scenes": len(te), "inputs": {}}
     with torch_threads(cfg.train.num_threads):
         for name in INPUT_SETS:
