@@ -21,6 +21,10 @@ from latentvla.cli_common import (
 )
 from latentvla.cli_common import default_workers as _default_workers
 
+_Workers = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core).")
+_PlannerCache = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache).")
+_LamCache = typer.Option(None, "--lam-cache-dir", help="LAM feature cache root for labelling (default DATA/feature_cache).")
+
 vla_app = typer.Typer(no_args_is_help=True, help="VLA teacher: predicts latent action tokens (pretrain, train, eval).")
 
 
@@ -45,12 +49,11 @@ def vla_train(
     backbone: str | None = typer.Option(None, "--backbone", help="Local directory with pretrained VLM weights "
                                                                  "(never downloaded)."),
     resume: bool = typer.Option(False, "--resume", help="Resume an interrupted run from its last checkpoint."),
-    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
+    workers: int = _Workers,
     config: Path | None = typer.Option(None, "--config", help="YAML file with config overrides."),
     set_: list[str] | None = typer.Option(None, "--set", help="Dotted override, e.g. train.epochs=5."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
-    lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir",
-                                              help="LAM feature cache root for labelling (default DATA/feature_cache)."),
+    cache_dir: Path | None = _PlannerCache,
+    lam_cache_dir: Path | None = _LamCache,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     devices: int = DevicesOpt,
     num_nodes: int = NumNodesOpt,
@@ -74,10 +77,10 @@ def vla_pretrain(
                                                   "docs/TRAINING.md); trains on train, selects on val."),
     out: Path = typer.Option(..., "--out", help="Run directory (pass it to `vla train --init`)."),
     profile: str = ProfileOpt,
-    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
+    workers: int = _Workers,
     config: Path | None = typer.Option(None, "--config", help="YAML file with config overrides."),
     set_: list[str] | None = typer.Option(None, "--set", help="Dotted override, e.g. pretrain.epochs=2."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
+    cache_dir: Path | None = _PlannerCache,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     devices: int = DevicesOpt,
     num_nodes: int = NumNodesOpt,
@@ -100,10 +103,9 @@ def vla_eval(
     data: Path = typer.Option(..., "--data", help="Dataset directory."),
     split: str = typer.Option("test", "--split", help="test | val | train"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
-    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
-    lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir",
-                                              help="LAM feature cache root for labelling (default DATA/feature_cache)."),
+    workers: int = _Workers,
+    cache_dir: Path | None = _PlannerCache,
+    lam_cache_dir: Path | None = _LamCache,
 ) -> None:
     """Token accuracy of the teacher's own generated actions against the labels, with the majority and
     blank-image controls (the blind teacher is trained on first use into RUN/blind)."""
@@ -129,10 +131,9 @@ def vla_headroom(
     data: Path = typer.Option(..., "--data", help="Dataset directory (probes fit on train, tuned on val, scored "
                                                   "on test)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    workers: int = typer.Option(0, "--workers", help="Worker processes for feature caching (0: one per core)."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Planner cache root (default DATA/planner_cache)."),
-    lam_cache_dir: Path | None = typer.Option(None, "--lam-cache-dir",
-                                              help="LAM feature cache root for labelling (default DATA/feature_cache)."),
+    workers: int = _Workers,
+    cache_dir: Path | None = _PlannerCache,
+    lam_cache_dir: Path | None = _LamCache,
 ) -> None:
     """How much perfect perception facts (what `vla pretrain` teaches) add to a linear probe of the latent tokens
     beyond ego status and camera features: the headroom of the pretraining stand-in (RUN/headroom.json)."""
