@@ -8,7 +8,7 @@ import torch
 
 from latentvla.vla.configuration import VLAConfig
 from latentvla.vla.modeling import LatentVLATeacher
-from latentvla.vla.processor import VLAProcessor, add_vla_tokens, build_tokenizer, prompt_text
+from latentvla.vla.processor import BASE_WORDS, VLAProcessor, add_vla_tokens, build_tokenizer, prompt_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -228,3 +228,112 @@ def test_trajectory_head_trains_with_dropout_on_and_fresh_weights(tmp_path):
     assert all(torch.equal(v, model.lm.state_dict()[k]) for k, v in lm_before.items())
     assert not torch.equal(head_before, model.traj_out[0].weight)
     assert all(p.requires_grad for p in model.lm.parameters())  # switches restored
+
+
+def native_teacher(seed: int = 0, tok=None) -> LatentVLATeacher:
+    cfg = tiny_cfg(vision="native")
+    cfg.features.camera.backbone = "none"
+    tok = build_tokenizer() if tok is None else tok
+    torch.manual_seed(seed)
+    return LatentVLATeacher(cfg, tok, add_vla_tokens(tok, 8), 4, (56, 168))
+
+
+def native_features(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"ego_status": torch.from_numpy(np.stack([ego(vx=2.0 * i, command=i % 3) for i in range(n)])),
+            "camera": torch.randint(0, 255, (n, 3, 56, 168), generator=g, dtype=torch.uint8)}
+
+
+def test_mrope_positions_by_hand():
+    """Two text tokens, a 2 x 3 image, two text tokens, one left pad: the image's tokens sit at (2, 2 + row,
+    2 + col) and the text after it resumes at 2 + max(2, 3) = 5."""
+    from latentvla.vla.modeling import mrope_positions
+
+    img = 9
+    ids = torch.tensor([[0, 1, 1, *[img] * 6, 1, 1]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]])
+    pos = mrope_positions(ids, mask, img, (2, 3))
+    assert pos[:, 0].tolist() == [[0, 0, 1, 2, 2, 2, 2, 2, 2, 5, 6],
+                                  [0, 0, 1, 2, 2, 2, 3, 3, 3, 5, 6],
+                                  [0, 0, 1, 2, 3, 4, 2, 3, 4, 5, 6]]
+    with pytest.raises(ValueError, match="contiguous image tokens"):
+        mrope_positions(torch.tensor([[img, 1, img]]), torch.ones(1, 3, dtype=torch.long), img, (1, 2))
+
+
+def test_native_positions_are_qwen_mrope_as_transformers_computes_them():
+    """The native path lays out the image tokens' rotary positions as Qwen2.5-VL's pretrained weights expect,
+    checked against transformers' own ``get_rope_index`` on left-padded rows of different lengths."""
+    model = native_teacher()
+    assert model.image_grid == (2, 6)
+    proc, v = model.processor, model.vocab
+    rows = [proc.prefix_ids(ego()) + list(v.actions[:k]) for k in (0, 3, 1)]
+    batch = proc._pad(rows)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ours = model.positions(ids, mask)
+    ref, _ = model.vlm.model.get_rope_index(ids, mm_token_type_ids=(ids == v.image).int(),
+                                            image_grid_thw=torch.tensor([[1, 4, 12]] * 3), attention_mask=mask)
+    assert ours.shape == (3, 3, ids.shape[1])
+    torch.testing.assert_close(ours, ref)
+    assert not torch.equal(ours[1], ours[2])  # truly 2-D over the image, not the 1-D layout
+    lite = make_teacher(tiny_cfg())
+    lite_batch = lite.processor._pad([lite.processor.prefix_ids(ego())])
+    assert lite.positions(lite_batch["input_ids"], lite_batch["attention_mask"]).ndim == 2
+
+
+def test_native_generation_agrees_with_teacher_forcing():
+    """KV-cached decoding continues the M-RoPE positions exactly as a full teacher-forced pass lays them out."""
+    model = native_teacher().eval()
+    f = native_features(4)
+    codes = model.generate(f)
+    with torch.no_grad():
+        logits = model.action_logits(model(f, codes)["logits"])
+    torch.testing.assert_close(logits.argmax(-1), codes)
+
+
+def test_a_real_checkpoints_image_specials_are_kept():
+    """A tokenizer that already owns Qwen's <|vision_start|> <|image_pad|> <|vision_end|> keeps them (its
+    pretrained weights know them); only the action tokens are added."""
+    tok = build_tokenizer(("command", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"))
+    size = len(tok)
+    vocab = add_vla_tokens(tok, 8)
+    assert len(tok) == size + 8
+    assert (vocab.image, vocab.image_start, vocab.image_end) == tuple(
+        tok.convert_tokens_to_ids(["<|image_pad|>", "<|vision_start|>", "<|vision_end|>"]))
+    plain = build_tokenizer()
+    image = add_vla_tokens(plain, 8).image
+    assert plain.convert_tokens_to_ids("<image>") == image and len(plain) == len(build_tokenizer()) + 3 + 8
+
+
+def test_real_weights_route_loads_the_checkpoint_and_its_run_stands_alone(tmp_path):
+    """``backbone.path``: the teacher starts from the checkpoint's own weights and tokenizer (a tiny
+    Qwen2.5-VL saved in the Hugging Face format, with Qwen's image specials), lays out M-RoPE positions, and its
+    saved run reloads with identical logits after the checkpoint directory is gone."""
+    import shutil
+
+    from latentvla.vla.checkpoint import load_teacher, save_teacher
+    from latentvla.vla.modeling import ADAPTERS
+    from latentvla.vla.train import build_teacher
+
+    ckpt = tmp_path / "qwen-tiny"
+    tok = build_tokenizer((*BASE_WORDS, "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"))
+    cfg = tiny_cfg(vision="native")
+    cfg.features.camera.backbone = "none"
+    torch.manual_seed(1)
+    hf = ADAPTERS["qwen2_5_vl"].model_class()(ADAPTERS["qwen2_5_vl"].tiny_config(cfg.backbone, len(tok)))
+    hf.save_pretrained(str(ckpt))
+    tok.save_pretrained(str(ckpt))
+    cfg.backbone.path = str(ckpt)
+    model = build_teacher(cfg, num_codes=8, num_positions=4, camera_grid=(56, 168)).eval()
+    lm_weight = "model.language_model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(model.vlm.state_dict()[lm_weight], hf.state_dict()[lm_weight], rtol=0, atol=0)
+    assert model.vocab.image == model.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    f, codes = native_features(3), torch.randint(0, 8, (3, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(f, codes)["logits"]
+    save_teacher(model, tmp_path / "run")
+    shutil.rmtree(ckpt)
+    loaded, loaded_cfg = load_teacher(tmp_path / "run")
+    assert loaded_cfg.backbone.path == str(ckpt)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(f, codes)["logits"], logits, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.generate(f), model.generate(f))

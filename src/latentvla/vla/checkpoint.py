@@ -1,6 +1,7 @@
 """Teacher weights on disk: ``RUN/model.safetensors`` (every weight, the config and the action vocabulary in the
 metadata) beside ``RUN/tokenizer/`` (the tokenizer with its added image and action tokens). The two together
-rebuild the teacher with no other file and no download."""
+rebuild the teacher with no other file and no download: a teacher fine-tuned from real weights (``backbone.path``)
+also stores its Hugging Face architecture, so loading it never needs that checkpoint directory again."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def save_teacher(model, run: str | Path) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "config": json.dumps(to_dict(model.cfg)), "num_positions": str(model.num_positions),
             "num_codes": str(model.vocab.num_codes), "camera_grid": json.dumps(list(model.camera_grid))}
+    if model.cfg.backbone.path:
+        meta["hf_config"] = model.vlm.config.to_json_string(use_diff=False)
     atomic_write_bytes(run / MODEL_FILE, save(tensors, metadata=meta))
 
 
@@ -51,7 +54,9 @@ def load_teacher(run: str | Path, device: str = "cpu"):
     cfg = from_dict(VLAConfig, json.loads(meta["config"]))
     tokenizer = load_tokenizer(run)
     vocab = add_vla_tokens(tokenizer, int(meta["num_codes"]))
-    model = LatentVLATeacher(cfg, tokenizer, vocab, int(meta["num_positions"]), tuple(json.loads(meta["camera_grid"])))
+    hf_config = json.loads(meta["hf_config"]) if "hf_config" in meta else None
+    model = LatentVLATeacher(cfg, tokenizer, vocab, int(meta["num_positions"]),
+                             tuple(json.loads(meta["camera_grid"])), hf_config)
     model.load_state_dict(load_file(str(Path(run) / MODEL_FILE), device=device))
     return model.to(device).eval(), cfg
 

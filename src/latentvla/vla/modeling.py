@@ -51,8 +51,13 @@ class VLMAdapter:
     def native_processor(self, image_size: tuple[int, int]):
         raise ValueError(f"native vision is not built for the {self.family} family; use backbone.vision=lite0")
 
-    def native_tokens(self, processor, image_size: tuple[int, int]) -> int:
+    def native_grid(self, processor, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of the image tokens the tower gives for one ``image_size`` image."""
         raise ValueError(f"native vision is not built for the {self.family} family")
+
+    # True: the family's language model was pretrained with multimodal (t, h, w) rotary positions on the tokens of
+    # its own tower (Qwen2-VL's M-RoPE), so the native path must lay them out the same way
+    mrope: bool = False
 
     def native_features(self, model, processor, images: np.ndarray) -> Tensor:
         raise ValueError(f"native vision is not built for the {self.family} family")
@@ -60,8 +65,12 @@ class VLMAdapter:
     def vision_tower(self, model) -> nn.Module:
         raise ValueError(f"native vision is not built for the {self.family} family")
 
-    def build(self, b: BackboneConfig, vocab_size: int):
+    def build(self, b: BackboneConfig, vocab_size: int, hf_config: dict | None = None):
+        """The VLM: from a saved run's architecture ``hf_config`` (its weights come from the run), from the
+        pretrained weights in ``b.path``, or tiny and random from ``b``'s sizes."""
         cls = self.model_class()
+        if hf_config is not None:
+            return cls(cls.config_class.from_dict(hf_config))
         if b.path:
             from pathlib import Path
 
@@ -110,9 +119,12 @@ class Qwen25VLAdapter(VLMAdapter):
         pixels = int(image_size[0] * image_size[1])
         return Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels)
 
-    def native_tokens(self, processor, image_size: tuple[int, int]) -> int:
-        grid = processor(images=[np.zeros((*image_size, 3), np.uint8)], return_tensors="pt")["image_grid_thw"]
-        return int(grid.prod()) // processor.merge_size ** 2
+    mrope = True
+
+    def native_grid(self, processor, image_size: tuple[int, int]) -> tuple[int, int]:
+        _, rows, cols = processor(images=[np.zeros((*image_size, 3), np.uint8)],
+                                  return_tensors="pt")["image_grid_thw"][0].tolist()
+        return rows // processor.merge_size, cols // processor.merge_size
 
     def native_features(self, model, processor, images: np.ndarray) -> Tensor:
         device = model.get_input_embeddings().weight.device
@@ -157,6 +169,32 @@ class Idefics3Adapter(VLMAdapter):
 ADAPTERS: dict[str, VLMAdapter] = {a.family: a for a in (Qwen25VLAdapter(), Idefics3Adapter())}
 
 
+def mrope_positions(input_ids: Tensor, mask: Tensor, image_id: int, grid: tuple[int, int]) -> Tensor:
+    """(3, B, L) Qwen2-VL multimodal rotary positions of left-padded rows holding one image of ``grid`` (rows,
+    cols) tokens: text counts up on all three axes; the image's tokens sit at (a, a + row, a + col), with ``a`` the
+    index of its first token; the text after it resumes at ``a + max(rows, cols)``. Padding stays at 0."""
+    rows, cols = grid
+    n = rows * cols
+    out = torch.zeros(3, *input_ids.shape, dtype=torch.long, device=input_ids.device)
+    r = torch.arange(rows, device=input_ids.device).repeat_interleave(cols)
+    c = torch.arange(cols, device=input_ids.device).repeat(rows)
+    for b in range(len(input_ids)):
+        keep = mask[b].bool()
+        image = (input_ids[b, keep] == image_id).nonzero().flatten()
+        idx = torch.arange(int(keep.sum()), device=input_ids.device)
+        if len(image) == 0:
+            out[:, b, keep] = idx
+            continue
+        a = int(image[0])
+        if len(image) != n or int(image[-1]) != a + n - 1:
+            raise ValueError(f"row {b} must hold one block of {n} contiguous image tokens for M-RoPE positions, "
+                             f"got {len(image)}")
+        pos = torch.where(idx < a, idx, idx - n + max(rows, cols)).expand(3, -1).clone()
+        pos[0, a:a + n], pos[1, a:a + n], pos[2, a:a + n] = a, a + r, a + c
+        out[:, b, keep] = pos
+    return out
+
+
 def pooled_grid(features_shape: tuple[int, int], pool: list[int]) -> tuple[int, int]:
     """Grid (rows, cols) of the stride-32 camera map after ``image_pool`` average pooling (ceil mode)."""
     return math.ceil(features_shape[0] / pool[0]), math.ceil(features_shape[1] / pool[1])
@@ -171,7 +209,7 @@ class LatentVLATeacher(nn.Module):
     codes (B, N)."""
 
     def __init__(self, cfg: VLAConfig, tokenizer, vocab: Vocab, num_positions: int,
-                 camera_grid: tuple[int, int]) -> None:
+                 camera_grid: tuple[int, int], hf_config: dict | None = None) -> None:
         super().__init__()
         b = cfg.backbone
         self.cfg, self.num_positions, self.camera_grid = cfg, num_positions, tuple(camera_grid)
@@ -181,12 +219,13 @@ class LatentVLATeacher(nn.Module):
         if self.native:  # the family's own tower on the stitched (H, W) image
             self.image_processor = self.adapter.native_processor(self.camera_grid)
             self.grid = None
-            num_image_tokens = self.adapter.native_tokens(self.image_processor, self.camera_grid)
+            self.image_grid = self.adapter.native_grid(self.image_processor, self.camera_grid)
+            num_image_tokens = self.image_grid[0] * self.image_grid[1]
         else:  # lite0: pooled stride-32 EfficientNet features through a projector
             self.grid = pooled_grid(camera_grid, b.image_pool)
             num_image_tokens = self.grid[0] * self.grid[1]
         self.processor = VLAProcessor(tokenizer, vocab, num_image_tokens)
-        self.vlm = self.adapter.build(b, len(tokenizer))
+        self.vlm = self.adapter.build(b, len(tokenizer), hf_config)
         if not self.native:
             self.adapter.drop_vision(self.vlm)
         if self.vlm.get_input_embeddings().num_embeddings != len(tokenizer):
@@ -307,10 +346,19 @@ class LatentVLATeacher(nn.Module):
         logits = self.vlm.lm_head(hidden[:, -n - 1:-1])
         return {"logits": logits, "hidden": hidden, "input_ids": batch["input_ids"]}
 
-    def hidden_of(self, input_ids: Tensor, mask: Tensor, camera: Tensor, cache=None) -> Tensor:
+    def positions(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """Rotary positions of a left-padded batch: (B, L), or (3, B, L) multimodal (t, h, w) ones when the
+        family's own tower made the image tokens and its language model expects them (Qwen2.5-VL's M-RoPE: what
+        real pretrained weights know). The lite0 tokens come through a fresh projector and keep 1-D positions."""
+        if self.native and self.adapter.mrope:
+            return mrope_positions(input_ids, mask, self.vocab.image, self.image_grid)
+        return (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def hidden_of(self, input_ids: Tensor, mask: Tensor, camera: Tensor, cache=None,
+                  positions: Tensor | None = None) -> Tensor:
         """Last hidden states (B, L, D) of a left-padded sequence whose image placeholders take ``camera``
         (filling ``cache`` when given, for decoding after it)."""
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = self.positions(input_ids, mask) if positions is None else positions
         return self.run_lm(self.embed_inputs(input_ids, camera), mask, positions, cache)
 
     def loss(self, logits: Tensor, actions: Tensor) -> Tensor:
@@ -331,9 +379,11 @@ class LatentVLATeacher(nn.Module):
         batch = self.inputs(features)
         mask = batch["attention_mask"]
         cache = DynamicCache()
-        hidden = self.hidden_of(batch["input_ids"], mask, features[self.camera_key], cache)
+        positions = self.positions(batch["input_ids"], mask)
+        hidden = self.hidden_of(batch["input_ids"], mask, features[self.camera_key], cache, positions)
         codes = []
-        last = mask.sum(-1, keepdim=True) - 1  # position of each row's last prompt token
+        # position of each row's last prompt token (text: the same on every M-RoPE axis); each new token is +1
+        last = (positions[0] if positions.ndim == 3 else positions)[:, -1:]
         embed = self.vlm.get_input_embeddings()
         for step in range(self.num_positions):
             code = self.action_logits(self.vlm.lm_head(hidden[:, -1])).argmax(-1)

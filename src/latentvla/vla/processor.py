@@ -23,6 +23,9 @@ from latentvla.vla.facts import FACT_WORDS
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 IMAGE, IMAGE_START, IMAGE_END = "<image>", "<image_start>", "<image_end>"
+# (placeholder, start, end) a real checkpoint's tokenizer may already own: its pretrained weights know these
+# (Qwen2-VL / Qwen2.5-VL), so the teacher uses them instead of adding fresh, untrained specials
+KNOWN_IMAGE_SPECIALS: tuple[tuple[str, str, str], ...] = (("<|image_pad|>", "<|vision_start|>", "<|vision_end|>"),)
 # Words of the prompt template; digits and punctuation are single tokens, so every number costs a fixed count.
 # The pretraining stand-in's perception words (vla/facts.py) are part of every tokenizer, so a teacher trained from
 # scratch and one fine-tuned from a pretraining run share ids.
@@ -67,11 +70,14 @@ class Vocab:
 
 
 def add_vla_tokens(tokenizer, num_codes: int) -> Vocab:
-    """Add the image specials and ``<act_0> .. <act_{K-1}>`` (once) and return their ids."""
+    """Add the image specials and ``<act_0> .. <act_{K-1}>`` (once) and return their ids. A tokenizer that
+    already has a known image triple (``KNOWN_IMAGE_SPECIALS``, e.g. a real Qwen2.5-VL checkpoint's) keeps it."""
     if num_codes < 2:
         raise ValueError(f"a latent action vocabulary needs at least 2 codes, got {num_codes}")
-    wanted = [IMAGE, IMAGE_START, IMAGE_END, *(action_token(k) for k in range(num_codes))]
-    missing = [t for t in wanted if t not in tokenizer.get_vocab()]
+    have = tokenizer.get_vocab()
+    image = next((t for t in KNOWN_IMAGE_SPECIALS if all(x in have for x in t)), (IMAGE, IMAGE_START, IMAGE_END))
+    wanted = [*image, *(action_token(k) for k in range(num_codes))]
+    missing = [t for t in wanted if t not in have]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token_id is None:
