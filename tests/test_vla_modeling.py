@@ -315,7 +315,10 @@ def test_real_weights_route_loads_the_checkpoint_and_its_run_stands_alone(tmp_pa
     from latentvla.vla.train import build_teacher
 
     ckpt = tmp_path / "qwen-tiny"
-    tok = build_tokenizer((*BASE_WORDS, "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"))
+    tok = build_tokenizer((*BASE_WORDS, "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "user", "assistant"))
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
     cfg = tiny_cfg(vision="native")
     cfg.features.camera.backbone = "none"
     torch.manual_seed(1)
@@ -327,6 +330,11 @@ def test_real_weights_route_loads_the_checkpoint_and_its_run_stands_alone(tmp_pa
     lm_weight = "model.language_model.layers.0.self_attn.q_proj.weight"
     torch.testing.assert_close(model.vlm.state_dict()[lm_weight], hf.state_dict()[lm_weight], rtol=0, atol=0)
     assert model.vocab.image == model.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    # the Instruct layout: a user turn holding image + prompt, then the assistant's turn where actions follow
+    ids = model.processor.tokenizer.convert_ids_to_tokens(model.processor.prefix_ids(ego()))
+    assert ids[:3] == ["<|im_start|>", "user", "<|vision_start|>"] and ids[-5:] == [
+        "actions", ":", "<|im_end|>", "<|im_start|>", "assistant"]
+    assert build_tokenizer().chat_template is None and make_teacher(tiny_cfg()).processor.chat is None
     f, codes = native_features(3), torch.randint(0, 8, (3, 4), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(f, codes)["logits"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from latentvla.config import HASH_OMIT_DEFAULT
 from latentvla.planner.configuration import FeatureConfig
 
 FAMILIES = ("qwen2_5_vl", "idefics3")
@@ -53,6 +54,9 @@ class BackboneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
     pooled_visual_tokens: int = 4  # encode(): attention-pooled visual embeddings per scene
+    # wrap image + prompt in the tokenizer's chat template when it has one (a real Instruct checkpoint's; the
+    # tokenizers built in code have none, so this changes nothing on the CPU profiles)
+    chat_template: bool = field(default=True, metadata=HASH_OMIT_DEFAULT)
 
 
 @dataclass

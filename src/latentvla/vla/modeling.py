@@ -224,7 +224,7 @@ class LatentVLATeacher(nn.Module):
         else:  # lite0: pooled stride-32 EfficientNet features through a projector
             self.grid = pooled_grid(camera_grid, b.image_pool)
             num_image_tokens = self.grid[0] * self.grid[1]
-        self.processor = VLAProcessor(tokenizer, vocab, num_image_tokens)
+        self.processor = VLAProcessor(tokenizer, vocab, num_image_tokens, b.chat_template)
         self.vlm = self.adapter.build(b, len(tokenizer), hf_config)
         if not self.native:
             self.adapter.drop_vision(self.vlm)

@@ -98,12 +98,31 @@ def prompt_text(ego_status: np.ndarray) -> str:
             f"{e[3]:+04.1f} . actions :")
 
 
+def chat_wrap(tokenizer) -> tuple[list[int], list[int]] | None:
+    """Token ids before and after a user turn in the tokenizer's chat template (a real Instruct checkpoint's:
+    system turn, ``<|im_start|>user`` ... ``<|im_end|>`` then the assistant's opening), so the image + prompt sit
+    where the model was tuned to read a request and the action tokens where it answers. None without a template
+    (the tokenizers built in code)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    mark = "LATENTVLA_USER_TURN"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                         add_generation_prompt=True)
+    if text.count(mark) != 1:
+        raise ValueError("the tokenizer's chat template does not render a plain user message once; set "
+                         "backbone.chat_template=false to use the plain prompt")
+    before, after = text.split(mark)
+    return ([int(i) for i in tokenizer(before, add_special_tokens=False)["input_ids"]],
+            [int(i) for i in tokenizer(after, add_special_tokens=False)["input_ids"]])
+
+
 class VLAProcessor:
     """Scenes -> model inputs. ``__call__(ego_status (B, 8), actions (B, N) | None)`` returns ``input_ids`` and
     ``attention_mask`` (B, L), left-padded; with ``actions`` the last N positions hold the action tokens."""
 
-    def __init__(self, tokenizer, vocab: Vocab, num_image_tokens: int):
+    def __init__(self, tokenizer, vocab: Vocab, num_image_tokens: int, chat: bool = True):
         self.tokenizer, self.vocab, self.num_image_tokens = tokenizer, vocab, num_image_tokens
+        self.chat = chat_wrap(tokenizer) if chat else None
 
     def text_ids(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -114,8 +133,9 @@ class VLAProcessor:
     def prefix_ids(self, ego_status: np.ndarray | None = None, text: str | None = None) -> list[int]:
         """Image block then the ego prompt (or ``text``, e.g. a pretraining question)."""
         v = self.vocab
-        head = ([v.bos] if v.bos is not None else []) + [v.image_start] + [v.image] * self.num_image_tokens
-        return head + [v.image_end] + self.text_ids(prompt_text(ego_status) if text is None else text)
+        before, after = self.chat if self.chat is not None else ([v.bos] if v.bos is not None else [], [])
+        image = [v.image_start] + [v.image] * self.num_image_tokens + [v.image_end]
+        return before + image + self.text_ids(prompt_text(ego_status) if text is None else text) + after
 
     def text_batch(self, prompts: list[str], answers: list[str]) -> dict[str, torch.Tensor]:
         """Image + ``prompts[i]`` then ``answers[i]`` and EOS, left-padded; ``labels`` (B, L) hold the next-token
