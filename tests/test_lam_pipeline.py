@@ -125,3 +125,34 @@ def test_camera_lidar_lam_trains_labels_and_reports(lam_run, runner, tiny_world,
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(report) == set(REPORT_KEYS) and all(math.isfinite(v) for v in report.values())
+
+
+def test_code_strips_show_the_sensor_each_idm_reads(tiny_store, tmp_path):
+    """A LiDAR-only IDM's codes are shown as BEV pairs, a camera IDM's as camera pairs; a code used only at a
+    later query position still gets its examples (the strips once looked at the first query only)."""
+    import cv2
+    import numpy as np
+
+    from latentvla.lam.configuration import LAMConfig
+    from latentvla.lam.figures import _image, code_examples_figure, example_sensor
+
+    cfg = LAMConfig()
+    cfg.model.env_sensor, cfg.model.ego_sensor = "lidar", "camera"
+    assert (example_sensor(cfg, "env"), example_sensor(cfg, "ego"), example_sensor(LAMConfig(), "env")) == (
+        "lidar", "camera", "camera")
+    log = tiny_store.info(tiny_store.tokens("test")[0])["log"]
+    bev = _image(tiny_store, log, 0, cfg, "lidar")
+    assert bev.shape == (cfg.encoder.bev_pixels, cfg.encoder.bev_pixels, 3) and bev.dtype == np.uint8
+    assert bev.min() < 255 == bev.max()  # some returns (dark) on an empty (white) background
+    assert _image(tiny_store, log, 0, cfg, "camera").ndim == 3
+    tokens = tiny_store.tokens("test")[:2]
+    codes = np.zeros((2, cfg.windows, 3), np.int64)
+    codes[1, 0, 2] = 1  # code 1 only at the third query of one window
+    path = code_examples_figure(tiny_store, cfg, tokens, codes, 2, tmp_path / "env.png", sensor="lidar")
+    blank = code_examples_figure(tiny_store, cfg, tokens, np.zeros_like(codes), 2, tmp_path / "blank.png",
+                                 sensor="lidar")
+    image, without = cv2.imread(str(path)), cv2.imread(str(blank))
+    h = image.shape[0] // 2
+    assert image.shape == without.shape
+    assert (image[h:] != without[h:]).any(-1).sum() > 100  # code 1's row holds an example pair, not just its title
+    np.testing.assert_array_equal(image[:h // 2], without[:h // 2])  # code 0's examples are the same windows

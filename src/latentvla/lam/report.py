@@ -266,13 +266,14 @@ def report(run: str | Path, data: str | Path, workers: int = 1, quiet: bool = Fa
         out[f"probe_{name}_agents"] = M.probe_r2(x_tr, train["agents"].reshape(-1, 2), x_te,
                                                  test["agents"].reshape(-1, 2))
     out = {k: out[k] for k in REPORT_KEYS}
-    from latentvla.lam.figures import code_examples_figure, code_usage_figure
+    from latentvla.lam.figures import code_examples_figure, code_usage_figure, example_sensor
 
     figures = run / "report"
     code_usage_figure({"ego": test["ego"], "env": test["env"]}, {"ego": n_ego, "env": n_env},
                       figures / "code_usage.png")
     for name, size in (("ego", n_ego), ("env", n_env)):
-        code_examples_figure(store, cfg, test["tokens"], test[name], size, figures / f"codes_{name}.png")
+        code_examples_figure(store, cfg, test["tokens"], test[name], size, figures / f"codes_{name}.png",
+                             sensor=example_sensor(cfg, name))
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
     # Diagnostics beside the contract keys (metrics.json only): the recon gain when the ego (or env) latents are
     # permuted across windows shows how much the forward model relies on each latent.
