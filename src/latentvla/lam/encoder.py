@@ -338,6 +338,12 @@ class HFVisionEncoder(FrameEncoder):
             return self._pool(self._feature_map(hidden, self.cfg.image_height, self.cfg.image_width))
 
 
+def bev_histogram(cfg: EncoderConfig) -> LidarFeatureConfig:
+    """The planner's BEV histogram settings for the LAM's ``bev_*`` fields (what a LiDAR token is cut from)."""
+    return LidarFeatureConfig(range_m=float(cfg.bev_range_m), center_x_m=float(cfg.bev_center_x_m),
+                              pixels=int(cfg.bev_pixels))
+
+
 class LidarBEVEncoder(FrameEncoder):
     """``lidar-bev``: a LiDAR sweep -> the planner's two-channel BEV histogram (values in [0, 1]) -> ``bev_grid``
     patches of (2, bev_pixels / rows, bev_pixels / cols), each flattened to one token (channel-major)."""
@@ -351,8 +357,7 @@ class LidarBEVEncoder(FrameEncoder):
                                f"positive")
         self.grid, self.num_tokens = (rows, cols), rows * cols
         self.dim = 2 * (p // rows) * (p // cols)
-        self._histogram = LidarFeatureConfig(range_m=float(cfg.bev_range_m), center_x_m=float(cfg.bev_center_x_m),
-                                             pixels=p)
+        self._histogram = bev_histogram(cfg)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         raise EncoderError(f"encoder '{self.name}' reads LiDAR sweeps, not images: call encode_frames(point clouds)")

@@ -34,17 +34,15 @@ def code_usage_figure(codes: dict[str, np.ndarray], sizes: dict[str, int], path:
 
 def _image(store: SceneStore, log: str, index: int, cfg: LAMConfig, sensor: str) -> np.ndarray:
     """RGB uint8 view of one frame: the configured camera, or the LiDAR's above-ground BEV channel."""
-    from latentvla.planner.configuration import LidarFeatureConfig
+    from latentvla.lam.encoder import bev_histogram
     from latentvla.planner.features import lidar_bev
 
     frame = store._log(log)["frames"][index]
     if sensor == "camera":
         camera = cfg.encoder.camera
         return store._camera(log, camera, frame["sensors"][camera], frame["token"]).image
-    e = cfg.encoder
     points = store._lidar(log, frame["sensors"]["lidar"], frame["token"]).points
-    bev = lidar_bev(points, LidarFeatureConfig(range_m=e.bev_range_m, center_x_m=e.bev_center_x_m,
-                                               pixels=e.bev_pixels))[1]
+    bev = lidar_bev(points, bev_histogram(cfg.encoder))[1]
     return np.repeat((255 * (1.0 - bev)).astype(np.uint8)[..., None], 3, axis=-1)  # points dark on white
 
 
