@@ -98,8 +98,8 @@ def prompt_text(ego_status: np.ndarray) -> str:
             f"{e[3]:+04.1f} . actions :")
 
 
-def chat_wrap(tokenizer) -> tuple[list[int], list[int]] | None:
-    """Token ids before and after a user turn in the tokenizer's chat template (a real Instruct checkpoint's:
+def chat_wrap(tokenizer) -> tuple[str, str] | None:
+    """Text before and after a user turn in the tokenizer's chat template (a real Instruct checkpoint's:
     system turn, ``<|im_start|>user`` ... ``<|im_end|>`` then the assistant's opening), so the image + prompt sit
     where the model was tuned to read a request and the action tokens where it answers. None without a template
     (the tokenizers built in code)."""
@@ -112,8 +112,7 @@ def chat_wrap(tokenizer) -> tuple[list[int], list[int]] | None:
         raise ValueError("the tokenizer's chat template does not render a plain user message once; set "
                          "backbone.chat_template=false to use the plain prompt")
     before, after = text.split(mark)
-    return ([int(i) for i in tokenizer(before, add_special_tokens=False)["input_ids"]],
-            [int(i) for i in tokenizer(after, add_special_tokens=False)["input_ids"]])
+    return before, after
 
 
 class VLAProcessor:
@@ -122,7 +121,8 @@ class VLAProcessor:
 
     def __init__(self, tokenizer, vocab: Vocab, num_image_tokens: int, chat: bool = True):
         self.tokenizer, self.vocab, self.num_image_tokens = tokenizer, vocab, num_image_tokens
-        self.chat = chat_wrap(tokenizer) if chat else None
+        wrap = chat_wrap(tokenizer) if chat else None
+        self.chat = None if wrap is None else (self.text_ids(wrap[0]), self.text_ids(wrap[1]))
 
     def text_ids(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
