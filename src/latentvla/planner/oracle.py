@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 ORACLES = ("facts", "latent", "expert")
+FOURIER_FREQS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # rad per metre / radian: 125 m down to 3 m periods
 
 
 def parse_oracle(name: str) -> tuple[str, float | None]:
@@ -57,7 +58,6 @@ def noisy_codes(codes: np.ndarray, tokens: list[str], num_codes: int, accuracy: 
         swap = rng.random(out.shape[1]) < q
         out[i, swap] = rng.integers(0, num_codes, int(swap.sum()))
     return out
-FOURIER_FREQS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # rad per metre / radian: 125 m down to 3 m periods
 
 
 def fact_values() -> dict[str, tuple[str, ...]]:

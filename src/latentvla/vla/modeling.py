@@ -33,6 +33,9 @@ class VLMAdapter:
     """One HF VLM family. Subclasses name the model class, the tiny config and the submodules."""
 
     family: str = ""
+    # True: the family's language model was pretrained with multimodal (t, h, w) rotary positions on the tokens of
+    # its own tower (Qwen2-VL's M-RoPE), so the native path must lay them out the same way
+    mrope: bool = False
 
     def model_class(self):
         raise NotImplementedError
@@ -54,10 +57,6 @@ class VLMAdapter:
     def native_grid(self, processor, image_size: tuple[int, int]) -> tuple[int, int]:
         """(rows, cols) of the image tokens the tower gives for one ``image_size`` image."""
         raise ValueError(f"native vision is not built for the {self.family} family")
-
-    # True: the family's language model was pretrained with multimodal (t, h, w) rotary positions on the tokens of
-    # its own tower (Qwen2-VL's M-RoPE), so the native path must lay them out the same way
-    mrope: bool = False
 
     def native_features(self, model, processor, images: np.ndarray) -> Tensor:
         raise ValueError(f"native vision is not built for the {self.family} family")
@@ -85,6 +84,7 @@ class VLMAdapter:
 
 class Qwen25VLAdapter(VLMAdapter):
     family = "qwen2_5_vl"
+    mrope = True
 
     def model_class(self):
         from transformers import Qwen2_5_VLForConditionalGeneration
@@ -118,8 +118,6 @@ class Qwen25VLAdapter(VLMAdapter):
 
         pixels = int(image_size[0] * image_size[1])
         return Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels)
-
-    mrope = True
 
     def native_grid(self, processor, image_size: tuple[int, int]) -> tuple[int, int]:
         _, rows, cols = processor(images=[np.zeros((*image_size, 3), np.uint8)],
